@@ -1,0 +1,1 @@
+//! hearth-server: candle backends behind an OpenAI-compatible API (in progress).

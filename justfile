@@ -1,0 +1,18 @@
+# Everyday commands (https://just.systems); each line also works by hand.
+
+# Run every test (what CI runs).
+test:
+    scripts/test.sh
+
+# Regenerate the CRD YAML from the Rust types.
+generate:
+    cargo run -p hearth-crds --bin crdgen
+
+# Lints.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Fetch the test models (small set; `--set all` for the benchmark models too).
+models *ARGS:
+    scripts/fetch-models.py {{ARGS}}

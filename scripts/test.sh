@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Hearth's whole test suite: the one command README.md gives and CI runs.
+#   scripts/test.sh            fetch the small test models if missing, then run every test
+# Environment: HEARTH_CACHE (model cache, default ~/.cache/hearth), CARGO_TARGET_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== test models (small set)"
+python3 scripts/fetch-models.py --set small
+
+echo "== fetch script unit tests"
+python3 -m unittest discover -s scripts -p 'test_*.py'
+
+echo "== generated files are up to date"
+cargo run -q -p hearth-crds --bin crdgen -- "$PWD" >/dev/null
+if ! git diff --exit-code --stat -- manifests/crds helm/hearth/crds; then
+  echo "the committed CRDs differ from the Rust types: commit the output of crdgen" >&2
+  exit 1
+fi
+
+echo "== Rust tests"
+cargo nextest run --workspace --no-fail-fast "$@"
