@@ -144,7 +144,7 @@ MINILM = ModelSpec(
     name="all-minilm-l6-v2",
     short="minilm",
     sets=("small", "large", "all"),
-    description="all-MiniLM-L6-v2 (safetensors + tokenizer.json + config.json)",
+    description="all-MiniLM-L6-v2 (safetensors + tokenizer.json + config.json + sentence_bert_config.json)",
     outputs=tuple(
         Output(
             relpath=f"all-minilm-l6-v2/{fname}",
@@ -167,6 +167,11 @@ MINILM = ModelSpec(
                 "config.json",
                 612,
                 "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+            ),
+            (
+                "sentence_bert_config.json",
+                53,
+                "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
             ),
         )
     ),

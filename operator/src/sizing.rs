@@ -136,7 +136,11 @@ pub fn kv_bytes_per_token(spec: &ModelSpec) -> Option<u64> {
 }
 
 /// Sizes a model and picks the smallest profile of its accelerator kind that holds it.
-pub fn plan(spec: &ModelSpec, reported_weights: Option<u64>, profiles: &[HardwareProfile]) -> Result<Footprint, SizingError> {
+pub fn plan(
+    spec: &ModelSpec,
+    reported_weights: Option<u64>,
+    profiles: &[HardwareProfile],
+) -> Result<Footprint, SizingError> {
     let weights = weights_bytes(spec, reported_weights).ok_or(SizingError::UnknownWeights)?;
     let kv_per_token = kv_bytes_per_token(spec);
     let context = u64::from(spec.context_length.unwrap_or(8192));
@@ -196,7 +200,12 @@ mod tests {
     use super::*;
     use hearth_crds::model::{Hardware, ModelSource, Quantization, SizingHints};
 
-    fn spec(parameters: &str, quantization: Quantization, accelerator: Accelerator, profile: Option<&str>) -> ModelSpec {
+    fn spec(
+        parameters: &str,
+        quantization: Quantization,
+        accelerator: Accelerator,
+        profile: Option<&str>,
+    ) -> ModelSpec {
         let yaml = "source: {uri: 'hf://org/repo/m.gguf'}";
         let mut spec: ModelSpec = serde_yaml::from_str(yaml).unwrap();
         spec.source = ModelSource { uri: "hf://org/repo/m.gguf".into(), sha256: None, tokenizer: None };

@@ -1,0 +1,109 @@
+//! One error type for the API, mapped to HTTP status codes in one table, with OpenAI's
+//! error body so SDKs raise the right exception.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::engine::EngineError;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field is missing, malformed or out of range.
+    #[error("{message}")]
+    InvalidRequest {
+        /// What is wrong and what was expected.
+        message: String,
+        /// The offending field, when one is to blame.
+        param: Option<&'static str>,
+    },
+    /// The body is larger than the server accepts.
+    #[error("the request body is larger than the {limit_bytes}-byte limit")]
+    PayloadTooLarge {
+        /// The limit.
+        limit_bytes: usize,
+    },
+    /// No API key, or a wrong one.
+    #[error("missing or invalid API key: send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    /// The model is not served here.
+    #[error("the model `{0}` does not exist; GET /v1/models lists the served models")]
+    ModelNotFound(String),
+    /// The model exists but cannot do this (e.g. chat on an embedding model).
+    #[error("the model `{model}` serves {serves}, not {asked}")]
+    WrongTask {
+        /// The model.
+        model: String,
+        /// What it serves.
+        serves: &'static str,
+        /// What was asked.
+        asked: &'static str,
+    },
+    /// The engine refused or failed the request.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The server is still loading its models.
+    #[error("the server is still loading its models; retry shortly")]
+    NotReady,
+    /// Something broke inside the server.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 400 naming a field.
+    pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidRequest { message: message.into(), param: Some(param) }
+    }
+
+    /// The status code, OpenAI error type and code of this error.
+    pub fn classify(&self) -> (StatusCode, &'static str, Option<&'static str>) {
+        use StatusCode as S;
+        match self {
+            Self::InvalidRequest { .. } => (S::BAD_REQUEST, "invalid_request_error", None),
+            Self::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("payload_too_large")),
+            Self::Unauthorized => (S::UNAUTHORIZED, "invalid_request_error", Some("invalid_api_key")),
+            Self::ModelNotFound(_) => (S::NOT_FOUND, "invalid_request_error", Some("model_not_found")),
+            Self::WrongTask { .. } => (S::BAD_REQUEST, "invalid_request_error", Some("model_task_mismatch")),
+            Self::Engine(EngineError::QueueFull { .. }) => {
+                (S::TOO_MANY_REQUESTS, "rate_limit_error", Some("queue_full"))
+            }
+            Self::Engine(EngineError::ContextExceeded { .. }) => {
+                (S::BAD_REQUEST, "invalid_request_error", Some("context_length_exceeded"))
+            }
+            Self::Engine(EngineError::EmptyPrompt) => (S::BAD_REQUEST, "invalid_request_error", Some("empty_prompt")),
+            Self::Engine(EngineError::Timeout) => (S::GATEWAY_TIMEOUT, "timeout_error", Some("timeout")),
+            Self::Engine(EngineError::ShuttingDown) | Self::NotReady => {
+                (S::SERVICE_UNAVAILABLE, "server_error", Some("unavailable"))
+            }
+            Self::Engine(EngineError::Backend(_)) | Self::Internal(_) => {
+                (S::INTERNAL_SERVER_ERROR, "server_error", Some("internal_error"))
+            }
+        }
+    }
+
+    /// The OpenAI-shaped JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        let (_, kind, code) = self.classify();
+        let param = match self {
+            Self::InvalidRequest { param, .. } => *param,
+            Self::Engine(EngineError::ContextExceeded { .. }) => Some("messages"),
+            Self::ModelNotFound(_) | Self::WrongTask { .. } => Some("model"),
+            _ => None,
+        };
+        json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, _, _) = self.classify();
+        let mut response = (status, Json(self.body())).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,216 @@
+//! The HTTP API: OpenAI-compatible routes, health, readiness and metrics, API keys, body
+//! limits, and a graceful drain on shutdown.
+
+mod chat;
+mod embeddings;
+pub mod error;
+pub mod generation;
+pub mod metrics;
+pub mod openai;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use subtle::ConstantTimeEq;
+
+use error::ApiError;
+use metrics::{Metrics, RequestLabels};
+use openai::{ModelCard, ModelList};
+
+use crate::registry::{Registry, ServedModel};
+
+/// Settings of the HTTP layer.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Accepted API keys; when empty, no key is needed.
+    pub api_keys: Vec<String>,
+    /// Largest request body, in bytes.
+    pub body_limit_bytes: usize,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub drain: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { api_keys: Vec::new(), body_limit_bytes: 4 * 1024 * 1024, drain: Duration::from_secs(30) }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The served models.
+    pub registry: Arc<Registry>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// HTTP settings.
+    pub config: Arc<ApiConfig>,
+}
+
+impl AppState {
+    /// State over a registry.
+    pub fn new(registry: Arc<Registry>, config: ApiConfig) -> Self {
+        Self { registry, metrics: Arc::new(Metrics::default()), config: Arc::new(config) }
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// JSON body extractor whose rejections are OpenAI-shaped errors (413 for oversized bodies).
+pub struct OpenAiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for OpenAiJson<T>
+where
+    S: Send + Sync,
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                let error = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge { limit_bytes: limit }
+                } else {
+                    ApiError::InvalidRequest { message: rejection.body_text(), param: None }
+                };
+                Err(error.into_response())
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct BodyLimit(usize);
+
+/// The router with every route.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.body_limit_bytes;
+    let v1 = Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(chat::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/models", get(list_models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .layer(middleware::from_fn_with_state(state.clone(), record))
+        .layer(middleware::from_fn(move |mut req: Request, next: Next| async move {
+            req.extensions_mut().insert(BodyLimit(limit));
+            next.run(req).await
+        }))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Counts every API request by route, model and status, and times it.
+async fn record(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    if let Some(route) = route.filter(|r| r.starts_with("/v1/") && r != "/v1/models") {
+        let model = response.extensions().get::<ServedName>().map_or_else(|| "unknown".to_owned(), |m| m.0.clone());
+        let labels = RequestLabels { route, model: model.clone(), status: response.status().as_u16() };
+        state.metrics.requests.get_or_create(&labels).inc();
+        state.metrics.request_duration.get_or_create(&Metrics::model(&model)).observe(started.elapsed().as_secs_f64());
+    }
+    response
+}
+
+/// The model a response was for, when it names a served one (bounds the metric labels).
+#[derive(Clone)]
+pub struct ServedName(pub String);
+
+async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let keys = &state.config.api_keys;
+    if !keys.is_empty() {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        // Constant-time comparison against every key, so timing reveals nothing.
+        let ok = keys.iter().fold(0u8, |acc, k| acc | u8::from(bool::from(k.as_bytes().ct_eq(presented.as_bytes()))));
+        if ok == 0 {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.registry.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        ApiError::NotReady.into_response()
+    }
+}
+
+async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
+    let data = state
+        .registry
+        .all()
+        .into_iter()
+        .map(|(id, m)| ModelCard { id, object: "model".into(), created: m.created(), owned_by: "hearth".into() })
+        .collect();
+    Json(ModelList { object: "list".into(), data })
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    for (name, model) in state.registry.all() {
+        if let ServedModel::Chat(chat) = model {
+            let labels = Metrics::model(&name);
+            let stats = chat.engine.stats();
+            let waiting = stats.waiting.load(std::sync::atomic::Ordering::Relaxed);
+            let running = stats.running.load(std::sync::atomic::Ordering::Relaxed);
+            state.metrics.queue_depth.get_or_create(&labels).set(waiting as i64);
+            state.metrics.batch_size.get_or_create(&labels).set(running as i64);
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.encode()).into_response()
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops accepting, lets
+/// in-flight requests finish for up to `config.drain`, and ends the rest cleanly.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let registry = state.registry.clone();
+    let drain = state.config.drain;
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!(drain_seconds = drain.as_secs_f64(), "shutting down: draining in-flight requests");
+            registry.set_ready(false);
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(drain).await;
+                tracing::warn!("drain deadline passed: ending the requests still running");
+                for (_, model) in registry.all() {
+                    if let ServedModel::Chat(chat) = model {
+                        chat.engine.abort_all();
+                    }
+                }
+            });
+        })
+        .await
+}

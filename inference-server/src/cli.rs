@@ -1,0 +1,256 @@
+//! The `hearth-server` command line: parse flags, build the pieces, hand over.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use hearth_crds::Resource;
+use hearth_crds::model::ModelTask;
+
+use crate::api::{self, ApiConfig, AppState};
+use crate::registry::{ChatModel, EmbeddingService, Registry, ServedModel, ServingLimits};
+
+/// Hearth's inference server.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hearth-server",
+    version,
+    about = "Hearth's inference server: an OpenAI-compatible API over local models"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve one model over the OpenAI-compatible API.
+    Serve(ServeArgs),
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Weights: a GGUF file (chat) or a directory with model.safetensors, config.json and
+    /// tokenizer.json (embeddings); a `file://` URI works too. Defaults to the source of --config.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// A Model resource (YAML, as `kubectl apply` takes it) whose spec configures the server.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Name clients pass as `model`; defaults to the Model's name or the file stem.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Serve embeddings instead of chat (implied by a directory or `task: embedding`).
+    #[arg(long)]
+    pub embedding: bool,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// CPU threads for model work (default: all cores, or RAYON_NUM_THREADS).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Longest context served, in tokens.
+    #[arg(long)]
+    pub context_length: Option<usize>,
+    /// Most sequences decoded together.
+    #[arg(long)]
+    pub max_batch_size: Option<usize>,
+    /// Most requests waiting; beyond it requests get 429 at once.
+    #[arg(long)]
+    pub max_queue: Option<usize>,
+    /// Largest max_tokens a request may ask for.
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Per-request timeout in seconds.
+    #[arg(long)]
+    pub timeout_seconds: Option<u64>,
+    /// A file of API keys, one per line; when given, requests need `Authorization: Bearer KEY`.
+    #[arg(long, env = "HEARTH_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds in-flight requests may run after SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    pub drain_seconds: u64,
+}
+
+/// What `serve` resolved from its flags and config.
+#[derive(Debug)]
+pub struct ServePlan {
+    /// Served name.
+    pub name: String,
+    /// Weights path.
+    pub path: PathBuf,
+    /// Chat or embedding.
+    pub task: ModelTask,
+    /// Limits.
+    pub limits: ServingLimits,
+}
+
+fn path_of(uri: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = uri.strip_prefix("file://") {
+        return Ok(PathBuf::from(path));
+    }
+    if uri.contains("://") {
+        bail!(
+            "{uri}: only local files can be served directly; download it first with `hearth-server fetch` (coming) or scripts/fetch-models.py"
+        );
+    }
+    Ok(PathBuf::from(uri))
+}
+
+impl ServeArgs {
+    /// Resolves flags and the optional Model config into a plan; flags win over the config.
+    pub fn plan(&self) -> anyhow::Result<ServePlan> {
+        let model = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                let resources = hearth_crds::parse_stack(&text, &path.display().to_string())?;
+                let mut models = resources.into_iter().filter_map(|r| match r {
+                    Resource::Model(m) => Some(m),
+                    _ => None,
+                });
+                let model = models.next().with_context(|| format!("{} holds no Model", path.display()))?;
+                if models.next().is_some() {
+                    bail!("{} holds several Models; `serve` serves one (use `up` for a stack)", path.display());
+                }
+                Some(model)
+            }
+            None => None,
+        };
+        let uri = match (&self.model, &model) {
+            (Some(uri), _) => uri.clone(),
+            (None, Some(m)) => m.spec.source.uri.clone(),
+            (None, None) => bail!("give --model PATH or --config model.yaml"),
+        };
+        let path = path_of(&uri)?;
+        let mut limits = model.as_ref().map(|m| ServingLimits::from(&m.spec)).unwrap_or_default();
+        limits.context_length = self.context_length.or(limits.context_length);
+        limits.max_batch_size = self.max_batch_size.unwrap_or(limits.max_batch_size);
+        limits.max_queue = self.max_queue.unwrap_or(limits.max_queue);
+        limits.max_tokens = self.max_tokens.unwrap_or(limits.max_tokens);
+        if let Some(t) = self.timeout_seconds {
+            limits.timeout = Duration::from_secs(t);
+        }
+        let task = if self.embedding || path.is_dir() {
+            ModelTask::Embedding
+        } else {
+            model.as_ref().map_or(ModelTask::Chat, |m| m.spec.task)
+        };
+        let name = self
+            .name
+            .clone()
+            .or_else(|| model.as_ref().and_then(|m| m.metadata.name.clone()))
+            .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into());
+        Ok(ServePlan { name, path, task, limits })
+    }
+
+    fn api_config(&self) -> anyhow::Result<ApiConfig> {
+        let api_keys = match &self.api_key_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the API key file {}", path.display()))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(ApiConfig {
+            api_keys,
+            body_limit_bytes: self.max_body_bytes,
+            drain: Duration::from_secs(self.drain_seconds),
+        })
+    }
+}
+
+/// Loads the planned model into the registry (on a blocking thread) and marks it ready.
+pub fn load_into(registry: &Registry, plan: &ServePlan) -> anyhow::Result<()> {
+    let device = candle_core::Device::Cpu;
+    let started = std::time::Instant::now();
+    let served = match plan.task {
+        ModelTask::Chat => {
+            ServedModel::Chat(Arc::new(ChatModel::load_gguf(&plan.name, &plan.path, plan.limits.clone(), &device)?))
+        }
+        ModelTask::Embedding => {
+            ServedModel::Embedding(Arc::new(EmbeddingService::load(&plan.name, &plan.path, &plan.limits, &device)?))
+        }
+    };
+    registry.insert(&plan.name, served);
+    registry.set_ready(true);
+    tracing::info!(model = %plan.name, seconds = started.elapsed().as_secs_f64(), "model loaded");
+    Ok(())
+}
+
+/// Runs `serve`: listens at once (healthz answers, readyz says 503), loads the model, then
+/// serves until SIGTERM or Ctrl-C.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(threads) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("cannot size the thread pool")?;
+    }
+    let plan = args.plan()?;
+    let registry = Arc::new(Registry::default());
+    let state = AppState::new(registry.clone(), args.api_config()?);
+    let addr: SocketAddr =
+        format!("{}:{}", args.host, args.port).parse().context("--host/--port do not form an address")?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(%addr, model = %plan.name, path = %plan.path.display(), "listening; loading the model");
+    let loader = {
+        let registry = registry.clone();
+        tokio::task::spawn_blocking(move || load_into(&registry, &plan))
+    };
+    let server = tokio::spawn(api::serve(listener, state, shutdown_signal()));
+    match loader.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.context("loading the model failed")),
+        Err(e) => bail!("the loader panicked: {e}"),
+    }
+    server.await.context("the server task failed")??;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Sets up logging: JSON lines when LOG_FORMAT=json, else human-readable; RUST_LOG filters.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Whether `path` looks like a GGUF file.
+pub fn is_gguf(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "gguf")
+}
