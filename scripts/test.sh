@@ -19,4 +19,6 @@ if ! git diff --exit-code --stat -- manifests/crds helm/hearth/crds; then
 fi
 
 echo "== Rust tests"
+# Tests run in parallel on few cores: one compute thread each avoids oversubscription.
+export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-1}" CANDLE_NUM_THREADS="${CANDLE_NUM_THREADS:-1}"
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,7 +1,7 @@
 //! The `hearth-server` command line: parse flags, build the pieces, hand over.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,47 @@ pub struct Cli {
 pub enum Command {
     /// Serve one model over the OpenAI-compatible API.
     Serve(ServeArgs),
+    /// Download model weights into the cache and verify their SHA-256; prints the path.
+    Fetch(FetchArgs),
+}
+
+/// Flags of `fetch`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// hf://ORG/REPO/FILE[@REV], https://…, file:///PATH or pvc://CLAIM/PATH.
+    pub uri: String,
+    /// Expected SHA-256 (hex); a mismatch deletes the file and fails.
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// Cache directory (default: $HEARTH_CACHE/models, else ~/.cache/hearth/models).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The default model cache: `$HEARTH_CACHE/models`, else `~/.cache/hearth/models`.
+pub fn default_cache() -> PathBuf {
+    match std::env::var_os("HEARTH_CACHE") {
+        Some(dir) => PathBuf::from(dir).join("models"),
+        None => std::env::var_os("HOME")
+            .map_or_else(|| PathBuf::from(".cache/hearth/models"), |h| PathBuf::from(h).join(".cache/hearth/models")),
+    }
+}
+
+/// Runs `fetch`.
+pub async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
+    let cache = args.cache.unwrap_or_else(default_cache);
+    let progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fetched = crate::fetch::fetch(&args.uri, args.sha256.as_deref(), &cache, progress).await?;
+    if fetched.downloaded_bytes == 0 {
+        tracing::info!(path = %fetched.path.display(), "already present and verified");
+    } else {
+        tracing::info!(path = %fetched.path.display(), bytes = fetched.downloaded_bytes, "downloaded and verified");
+    }
+    println!("{}", fetched.path.display());
+    Ok(())
 }
 
 /// Flags of `serve`.
@@ -248,9 +289,4 @@ pub fn init_logging() {
     } else {
         builder.init();
     }
-}
-
-/// Whether `path` looks like a GGUF file.
-pub fn is_gguf(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "gguf")
 }

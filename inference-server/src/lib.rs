@@ -6,4 +6,5 @@ pub mod api;
 pub mod backend;
 pub mod cli;
 pub mod engine;
+pub mod fetch;
 pub mod registry;

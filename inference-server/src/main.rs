@@ -9,5 +9,6 @@ async fn main() -> anyhow::Result<()> {
     hearth_server::cli::init_logging();
     match cli.command {
         Command::Serve(args) => hearth_server::cli::serve(args).await,
+        Command::Fetch(args) => hearth_server::cli::fetch(args).await,
     }
 }

@@ -1,10 +1,15 @@
 //! Hearth's quantized decoder-only transformer over GGUF weights (candle ops).
 //!
 //! One implementation covers the supported architectures (`llama`, `qwen2`, `qwen3`, `gemma3`);
-//! they differ only in the settings of [`config::ArchSettings`]. Weights are shared and
+//! they differ only in a few per-architecture settings (rope style, activation, biases, q/k
+//! norms, sandwich norms, embedding scale, sliding window). Weights are shared and
 //! read-only, so one [`QuantizedTransformer`] serves many sequences, each with its own
 //! [`KvCache`]; [`QuantizedTransformer::forward_batch`] runs one decode step for many sequences
 //! with the projections and MLPs batched (continuous batching).
+//!
+//! Numerics follow llama.cpp: matmuls quantize activations to 8 bits per block like ggml does,
+//! attention and norms run in f32. Long prompts should be fed in chunks (a few hundred tokens):
+//! one chunk's attention scores take `heads * chunk * context` floats.
 
 mod cache;
 mod config;
@@ -433,8 +438,7 @@ impl QuantizedTransformer {
                 caches.len()
             )));
         }
-        let mut segments: Vec<Segment<'_>> =
-            caches.iter_mut().map(|cache| Segment { cache: &mut **cache, tokens: 1 }).collect();
+        let mut segments: Vec<Segment<'_>> = caches.iter_mut().map(|cache| Segment { cache, tokens: 1 }).collect();
         self.run(tokens, &mut segments, Logits::All)
     }
 

@@ -29,10 +29,10 @@ fn model_path(name: &str) -> PathBuf {
 }
 
 /// Logit gap under which two tokens are a near-tie: which one wins is decided by float noise
-/// (summation order, activation rounding), not by the model. llama.cpp 0.3.36 built on this
-/// machine disagrees with its own reference at 1.6% (gemma3) and 3.1% (smollm2) of the
-/// teacher-forced positions, all at gaps up to 0.23 and mostly under 0.1.
-const NEAR_TIE: f32 = 0.1;
+/// (summation order, 8-bit activation rounding), not by the model. llama.cpp 0.3.36 itself,
+/// built with other flags than the reference's, disagrees with that reference at 1.6% (gemma3)
+/// and 3.1% (smollm2) of the teacher-forced decode positions, at gaps of up to 0.23.
+const NEAR_TIE: f32 = 0.25;
 
 fn load_file(name: &str, precision: WeightPrecision) -> Option<QuantizedTransformer> {
     let path = model_path(name);
@@ -199,20 +199,20 @@ fn greedy_matches(model: &QuantizedTransformer, reference: &str, n: usize, label
 #[test]
 fn gemma3_teacher_forced_argmax_agrees_with_llama_cpp() {
     let (strict, tolerant) = teacher_forced_agreement(gemma3(), GEMMA3_REFERENCE, GEMMA3);
-    assert!(strict >= 0.95 && tolerant >= 0.98, "{strict} {tolerant}");
+    assert!(strict >= 0.95 && tolerant >= 0.99, "{strict} {tolerant}");
 }
 
 #[test]
 fn smollm2_teacher_forced_argmax_agrees_with_llama_cpp() {
     let (strict, tolerant) = teacher_forced_agreement(smollm2(), SMOLLM2_REFERENCE, SMOLLM2);
-    assert!(strict >= 0.95 && tolerant >= 0.98, "{strict} {tolerant}");
+    assert!(strict >= 0.95 && tolerant >= 0.99, "{strict} {tolerant}");
 }
 
 #[test]
 fn qwen2_teacher_forced_argmax_agrees_with_llama_cpp() {
     if let Some(model) = qwen2() {
         let (strict, tolerant) = teacher_forced_agreement(model, QWEN2_REFERENCE, QWEN2);
-        assert!(strict >= 0.95 && tolerant >= 0.98, "{strict} {tolerant}");
+        assert!(strict >= 0.95 && tolerant >= 0.99, "{strict} {tolerant}");
     }
 }
 
@@ -478,6 +478,8 @@ fn sliding_window_prefill_matches_token_by_token_decode() {
         let diff = max_abs_diff(&logits, &all.get(i).expect("row"));
         assert!(diff <= F32_TOLERANCE, "position {i}: masked prefill and windowed decode differ by {diff}");
     }
+    // A second chunk starting past the window masks a window that starts inside the cache.
+    check_chunked_prefill(&model, tokens, 6, Some(F32_TOLERANCE));
 }
 
 #[test]
@@ -491,7 +493,7 @@ fn key_range_keeps_the_last_window_positions() {
 
 #[test]
 fn unsupported_architecture_is_a_clear_error() {
-    let err = tiny_model("mamba", &[]).err().expect("must fail");
+    let err = tiny_model("mamba", &[]).expect_err("must fail");
     assert!(matches!(err, ModelError::UnsupportedArchitecture(ref a) if a == "mamba"), "{err}");
     assert!(err.to_string().contains("mamba"));
 }
@@ -500,7 +502,7 @@ fn unsupported_architecture_is_a_clear_error() {
 fn missing_tensor_is_a_clear_error() {
     let mut file = tiny_gguf("qwen2", &[], Some("blk.2.attn_v.bias"));
     let content = gguf_file::Content::read(&mut file).expect("header");
-    let err = QuantizedTransformer::from_gguf(content, &mut file, &Device::Cpu).err().expect("must fail");
+    let err = QuantizedTransformer::from_gguf(content, &mut file, &Device::Cpu).expect_err("must fail");
     assert!(matches!(err, ModelError::MissingTensor(ref t) if t == "blk.2.attn_v.bias"), "{err}");
 }
 

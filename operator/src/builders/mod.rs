@@ -1,0 +1,113 @@
+//! Desired state: pure functions from a Hearth resource (plus what the controller resolved
+//! about the cluster) to the Kubernetes objects it owns. No I/O happens here; the controllers
+//! server-side apply what these return and delete what they leave out.
+//!
+//! Every owned object is named after its resource (`<model>-server`, `<model>-cache`,
+//! `<cascade>-router`), carries the `app.kubernetes.io/*` labels plus `hearth.dev/model` or
+//! `hearth.dev/cascade`, and a controller owner reference to the resource.
+//!
+//! Errors are split in two. [`BuildError`] means nothing can be built (the resource lacks a
+//! uid or namespace, or its name cannot be turned into Kubernetes names). Everything else
+//! the user can fix in the spec is a [`BuildNote`]: a Model that fits no hardware comes back
+//! with `deployment: None` and `blocked` saying why, so the controller applies what is there,
+//! deletes what is `None`, and turns the notes into conditions.
+
+mod autoscaling;
+mod cache;
+mod cascade;
+mod context;
+mod metadata;
+mod model;
+mod network_policy;
+mod security;
+mod server;
+
+pub use autoscaling::scaled_object_resource;
+pub use cache::{served_path, weights_format};
+pub use cascade::{CascadeObjects, ResolvedStage, RouterConfig, RouterStage, desired_cascade_objects, router_config};
+pub use context::BuildContext;
+pub use metadata::{
+    CASCADE_LABEL, HTTP_PORT, MODEL_LABEL, cascade_endpoint, client_label, model_endpoint, service_endpoint,
+};
+pub use model::{ModelObjects, desired_model_objects};
+pub use security::{RUN_AS_USER, restricted_profile_violations};
+
+/// Why no objects could be built for a resource at all.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BuildError {
+    /// A metadata field the owned objects need is missing (objects read from the API server
+    /// always have them; a document read from a file may not).
+    #[error("{kind} has no metadata.{field}; owned objects need it")]
+    MissingMetadata {
+        /// The resource kind.
+        kind: &'static str,
+        /// The missing field: `name`, `namespace` or `uid`.
+        field: &'static str,
+    },
+    /// The resource's name cannot be used to derive Service names and labels.
+    #[error("{kind} \"{name}\": {reason}")]
+    InvalidName {
+        /// The resource kind.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// What was expected.
+        reason: String,
+    },
+    /// A configuration document could not be written as YAML.
+    #[error("cannot write {what} as YAML: {message}")]
+    Serialize {
+        /// Which document.
+        what: &'static str,
+        /// The serializer's message.
+        message: String,
+    },
+}
+
+/// Why a builder left something out or changed what the spec asked for; the controller
+/// reports it as a condition with this reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoteReason {
+    /// The model needs more memory than any hardware profile of its kind offers.
+    FitsNowhere,
+    /// `spec.hardware.profile` names no known profile.
+    UnknownProfile,
+    /// Neither the weights size nor parameters and quantization are known, and
+    /// `spec.resources` does not size the pod either.
+    SizingUnknown,
+    /// Scale to zero was asked but cannot be done; the autoscaler keeps one replica.
+    ScaleToZeroUnavailable,
+}
+
+impl NoteReason {
+    /// The CamelCase condition reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FitsNowhere => "FitsNowhere",
+            Self::UnknownProfile => "UnknownProfile",
+            Self::SizingUnknown => "SizingUnknown",
+            Self::ScaleToZeroUnavailable => "ScaleToZeroUnavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for NoteReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A reason and a sentence for a person, ready to become a status condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildNote {
+    /// Condition reason.
+    pub reason: NoteReason,
+    /// Condition message: what happened and what to do.
+    pub message: String,
+}
+
+impl BuildNote {
+    pub(crate) fn new(reason: NoteReason, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into() }
+    }
+}

@@ -1,0 +1,109 @@
+//! The Cascade controller: resolves each stage's Model, runs the router with their
+//! endpoints, and is Ready only when every stage is.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hearth_crds::cascade::{Cascade, CascadeStatus, StageStatus};
+use hearth_crds::conditions::{READY, RECONCILING, STALLED, is_true};
+use hearth_crds::model::Model;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::{Context, Error, apply, condition, delete_if_present, publish};
+use crate::builders::{ResolvedStage, cascade_endpoint, desired_cascade_objects};
+
+/// The controller's name in metrics and logs.
+pub const NAME: &str = "cascade";
+
+/// Reconciles one Cascade.
+pub async fn reconcile(cascade: Arc<Cascade>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started(NAME);
+    let ns = cascade.namespace().ok_or_else(|| Error::NoNamespace(cascade.name_any()))?;
+    let models: Api<Model> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut resolved = Vec::with_capacity(cascade.spec.stages.len());
+    for stage in &cascade.spec.stages {
+        let model = models.get_opt(&stage.model).await?;
+        resolved.push(ResolvedStage {
+            model: stage.model.clone(),
+            endpoint: model.as_ref().and_then(|m| m.status.as_ref()).and_then(|s| s.endpoint.clone()),
+            ready: model.as_ref().and_then(|m| m.status.as_ref()).is_some_and(|s| is_true(&s.conditions, READY)),
+            cost: model.as_ref().and_then(|m| m.spec.cost.clone()),
+        });
+    }
+    let objects = desired_cascade_objects(&cascade, &resolved, &ctx.build)?;
+    let client = &ctx.client;
+    apply(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &objects.config_map).await?;
+    apply(&Api::<Service>::namespaced(client.clone(), &ns), &objects.service).await?;
+    apply(&Api::<NetworkPolicy>::namespaced(client.clone(), &ns), &objects.network_policy).await?;
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns);
+    match &objects.hpa {
+        Some(hpa) => {
+            apply(&hpas, hpa).await?;
+        }
+        None => delete_if_present(&hpas, &objects.deployment.name_any()).await?,
+    }
+    let deployment = apply(&Api::<Deployment>::namespaced(client.clone(), &ns), &objects.deployment).await?;
+
+    let status = desired_status(&cascade, &resolved, &deployment, &ctx);
+    let previous = cascade.status.clone().unwrap_or_default();
+    if status != previous {
+        let api: Api<Cascade> = Api::namespaced(client.clone(), &ns);
+        api.patch_status(&cascade.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+            .await?;
+        if is_true(&status.conditions, READY) != is_true(&previous.conditions, READY) {
+            if let Some(ready) = status.conditions.iter().find(|c| c.type_ == READY) {
+                publish(&ctx, cascade.as_ref(), false, &ready.reason, ready.message.clone()).await;
+            }
+        }
+    }
+    let waiting = resolved.iter().any(|s| !s.ready);
+    Ok(Action::requeue(if waiting { Duration::from_secs(30) } else { Duration::from_secs(300) }))
+}
+
+/// The status a Cascade should have.
+pub fn desired_status(
+    cascade: &Cascade,
+    resolved: &[ResolvedStage],
+    deployment: &Deployment,
+    ctx: &Context,
+) -> CascadeStatus {
+    let generation = cascade.meta().generation;
+    let mut status = cascade.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+    status.endpoint = Some(cascade_endpoint(cascade, &ctx.build));
+    status.stages = resolved
+        .iter()
+        .map(|s| StageStatus { model: s.model.clone(), endpoint: s.endpoint.clone(), ready: s.ready })
+        .collect();
+    let conditions = &mut status.conditions;
+    condition(conditions, STALLED, false, "Progressing", "", generation);
+    let router_ready = deployment.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) >= 1;
+    match resolved.iter().find(|s| !s.ready) {
+        Some(stage) => {
+            let message = if stage.endpoint.is_none() {
+                format!("waiting for Model \"{}\": it does not exist or has no endpoint yet", stage.model)
+            } else {
+                format!("waiting for Model \"{}\" to become Ready", stage.model)
+            };
+            condition(conditions, READY, false, "ModelNotReady", message.clone(), generation);
+            condition(conditions, RECONCILING, true, "ModelNotReady", message, generation);
+        }
+        None if !router_ready => {
+            condition(conditions, READY, false, "RouterNotReady", "waiting for a router replica", generation);
+            condition(conditions, RECONCILING, true, "RouterNotReady", "waiting for a router replica", generation);
+        }
+        None => {
+            let stages = resolved.iter().map(|s| s.model.as_str()).collect::<Vec<_>>().join(" → ");
+            condition(conditions, READY, true, "Available", format!("routing {stages}"), generation);
+            condition(conditions, RECONCILING, false, "Available", "", generation);
+        }
+    }
+    status
+}

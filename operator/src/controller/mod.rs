@@ -1,0 +1,238 @@
+//! Controllers: read → build → server-side apply (one field manager) → status.
+//!
+//! Each controller's `reconcile` computes the desired objects with the pure builders, applies
+//! them, removes the ones the spec no longer wants, and writes status through the status
+//! subresource. Errors the API server may clear by itself (conflicts, throttling, 5xx,
+//! timeouts) are retried with a short backoff; a spec that cannot work is reported in status
+//! (Stalled) and waits for a change instead of looping.
+
+pub mod cascade;
+pub mod model;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hearth_crds::conditions::{Condition, ConditionStatus, set_condition};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::builders::{BuildContext, BuildError};
+use crate::metrics::{ErrorLabels, Metrics};
+
+/// The field manager of every write the operator makes.
+pub const MANAGER: &str = "hearth-operator";
+
+/// What every reconcile can reach.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Settings of the builders.
+    pub build: BuildContext,
+    /// Operator metrics.
+    pub metrics: Arc<Metrics>,
+    /// Who publishes Events.
+    pub reporter: Reporter,
+}
+
+impl Context {
+    /// A context with the operator's default Event reporter.
+    pub fn new(client: Client, build: BuildContext, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        Self { client, build, metrics, reporter }
+    }
+
+    /// An Event recorder.
+    pub fn recorder(&self) -> Recorder {
+        Recorder::new(self.client.clone(), self.reporter.clone())
+    }
+}
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a call.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The resource's metadata cannot name its objects.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The resource has no namespace.
+    #[error("{0} has no namespace")]
+    NoNamespace(String),
+}
+
+impl Error {
+    /// A bounded reason label: conflict, throttled, server, timeout, invalid or other.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Kube(kube::Error::Api(status)) => match status.code {
+                409 => "conflict",
+                429 => "throttled",
+                408 | 504 => "timeout",
+                500..=599 => "server",
+                _ => "other",
+            },
+            Self::Kube(kube::Error::HyperError(_) | kube::Error::Service(_)) => "timeout",
+            Self::Kube(_) => "other",
+            Self::Build(_) | Self::NoNamespace(_) => "invalid",
+        }
+    }
+
+    /// How long to wait before trying again.
+    pub fn backoff(&self) -> Duration {
+        match self.reason() {
+            "conflict" => Duration::from_millis(500),
+            "throttled" => Duration::from_secs(5),
+            "server" | "timeout" => Duration::from_secs(2),
+            // A broken object will not mend itself: wait for a change, with a slow safety net.
+            "invalid" => Duration::from_secs(300),
+            _ => Duration::from_secs(15),
+        }
+    }
+}
+
+/// Shared error policy: count, log, and requeue with the error's backoff.
+pub fn error_policy<K: Resource>(object: &K, error: &Error, ctx: &Context, controller: &str) -> Action
+where
+    K: ResourceExt,
+{
+    let reason = error.reason();
+    ctx.metrics.errors.get_or_create(&ErrorLabels { controller: controller.into(), reason: reason.into() }).inc();
+    tracing::warn!(controller, name = %object.name_any(), reason, error = %error, "reconcile failed");
+    Action::requeue(error.backoff())
+}
+
+/// Server-side applies `object` with the operator's field manager.
+pub async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(object)).await
+}
+
+/// Deletes `name` if it exists.
+pub async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets a condition in `conditions`.
+pub fn condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) {
+    let status = if status { ConditionStatus::True } else { ConditionStatus::False };
+    set_condition(conditions, Condition::new(type_, status, reason, message, generation));
+}
+
+/// Publishes an Event about `object`, logging (never failing) when the API refuses it.
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder().publish(&event, &object.object_ref(&())).await {
+        tracing::debug!(error = %e, "could not publish an Event");
+    }
+}
+
+/// Runs the Model and Cascade controllers until `shutdown` resolves. `namespace` limits
+/// them to one namespace; `None` watches all.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use futures::StreamExt;
+    use hearth_crds::{Cascade, Model};
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use k8s_openapi::api::core::v1::{ConfigMap, Service};
+    use kube::runtime::reflector::ObjectRef;
+    use kube::runtime::{Controller, watcher};
+
+    let client = ctx.client.clone();
+    fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        K::DynamicType: Default,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    // Only our own children matter: watch them by the label every owned object carries.
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=hearth-operator");
+
+    let models = Controller::new(scoped::<Model>(&client, &namespace), watcher::Config::default())
+        .owns(scoped::<Deployment>(&client, &namespace), owned.clone())
+        .owns(scoped::<Service>(&client, &namespace), owned.clone())
+        .owns(scoped::<ConfigMap>(&client, &namespace), owned.clone())
+        .owns(scoped::<HorizontalPodAutoscaler>(&client, &namespace), owned.clone())
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(model::reconcile, |m, e, ctx| error_policy(m.as_ref(), e, &ctx, model::NAME), ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "model controller event");
+            }
+        });
+
+    let cascade_controller = Controller::new(scoped::<Cascade>(&client, &namespace), watcher::Config::default());
+    let cascades = cascade_controller.store();
+    let cascades = cascade_controller
+        .owns(scoped::<Deployment>(&client, &namespace), owned.clone())
+        .owns(scoped::<ConfigMap>(&client, &namespace), owned)
+        // A Model's readiness or endpoint changing re-reconciles the Cascades that use it.
+        .watches(scoped::<Model>(&client, &namespace), watcher::Config::default(), move |model: Model| {
+            let ns = model.namespace();
+            let name = model.name_any();
+            cascades
+                .state()
+                .into_iter()
+                .filter(|c| c.namespace() == ns && c.spec.stages.iter().any(|s| s.model == name))
+                .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(stopped(stop_rx))
+        .run(cascade::reconcile, |c, e, ctx| error_policy(c.as_ref(), e, &ctx, cascade::NAME), ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "cascade controller event");
+            }
+        });
+    futures::join!(models, cascades);
+}

@@ -1,0 +1,210 @@
+//! The Model controller: weights cache, inference-server Deployment, Service, autoscaler,
+//! disruption budget and network policy, and a status that says what is really running.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hearth_crds::conditions::{READY, RECONCILING, STALLED, find_condition};
+use hearth_crds::model::{Footprint as StatusFootprint, Model, ModelPhase, ModelStatus};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::{Context, Error, MANAGER, apply, condition, delete_if_present, publish};
+use crate::builders::{ModelObjects, desired_model_objects, model_endpoint, scaled_object_resource};
+use crate::sizing::memory_quantity;
+
+/// The controller's name in metrics and logs.
+pub const NAME: &str = "model";
+
+/// Reconciles one Model.
+pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started(NAME);
+    let namespace = model.namespace().ok_or_else(|| Error::NoNamespace(model.name_any()))?;
+    // Sizing comes from the spec; the fetch step does not report measured sizes yet.
+    let objects = desired_model_objects(&model, &ctx.build, None)?;
+    let deployment = apply_objects(&ctx, &namespace, &objects).await?;
+    let status = desired_status(&model, &objects, deployment.as_ref(), &ctx);
+    let previous = model.status.clone().unwrap_or_default();
+    if status != previous {
+        let api: Api<Model> = Api::namespaced(ctx.client.clone(), &namespace);
+        api.patch_status(&model.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+            .await?;
+        announce(&ctx, &model, &previous, &status).await;
+    }
+    let settling =
+        find_condition(&status.conditions, RECONCILING).is_some_and(|c| c.status == hearth_crds::ConditionStatus::True);
+    Ok(if settling { Action::requeue(Duration::from_secs(30)) } else { Action::requeue(Duration::from_secs(300)) })
+}
+
+/// Applies every wanted object and deletes the optional ones the spec no longer wants.
+/// Returns the Deployment as the API server holds it (with status), when one is wanted.
+async fn apply_objects(ctx: &Context, ns: &str, objects: &ModelObjects) -> Result<Option<Deployment>, Error> {
+    let client = &ctx.client;
+    apply(&Api::<ConfigMap>::namespaced(client.clone(), ns), &objects.config_map).await?;
+    // A claim's spec is mostly immutable once bound: create it once, never re-apply.
+    let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns);
+    if pvcs.get_opt(&objects.pvc.name_any()).await?.is_none() {
+        match pvcs
+            .create(&PostParams { field_manager: Some(MANAGER.into()), ..PostParams::default() }, &objects.pvc)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    apply(&Api::<Service>::namespaced(client.clone(), ns), &objects.service).await?;
+    apply(&Api::<NetworkPolicy>::namespaced(client.clone(), ns), &objects.network_policy).await?;
+
+    let server_name = format!("{}-server", objects.service.name_any());
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns);
+    match &objects.hpa {
+        Some(hpa) => {
+            apply(&hpas, hpa).await?;
+        }
+        None => delete_if_present(&hpas, &server_name).await?,
+    }
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
+    match &objects.pdb {
+        Some(pdb) => {
+            apply(&pdbs, pdb).await?;
+        }
+        None => delete_if_present(&pdbs, &server_name).await?,
+    }
+    if ctx.build.keda_available {
+        let scaled = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &scaled_object_resource());
+        match &objects.scaled_object {
+            Some(object) => {
+                scaled.patch(&object.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(object)).await?;
+            }
+            None => delete_if_present(&scaled, &server_name).await?,
+        }
+    }
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+    match &objects.deployment {
+        Some(deployment) => Ok(Some(apply(&deployments, deployment).await?)),
+        None => {
+            delete_if_present(&deployments, &server_name).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// The status the Model should have, from what was built and what the Deployment reports.
+pub fn desired_status(
+    model: &Model,
+    objects: &ModelObjects,
+    deployment: Option<&Deployment>,
+    ctx: &Context,
+) -> ModelStatus {
+    let generation = model.meta().generation;
+    let mut status = model.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+    status.endpoint = Some(model_endpoint(model, &ctx.build));
+    status.footprint = objects.footprint.as_ref().map(|f| StatusFootprint {
+        weights_bytes: f.weights_bytes,
+        kv_bytes_per_token: f.kv_bytes_per_token,
+        memory_request: memory_quantity(f.memory_bytes),
+        fits: true,
+        profile: Some(f.profile.name.clone()),
+        estimated_decode_tokens_per_second: Some((f.estimated_decode_tokens_per_second * 10.0).round() / 10.0),
+    });
+    let conditions = &mut status.conditions;
+    if let Some(blocked) = &objects.blocked {
+        if blocked.reason == crate::builders::NoteReason::FitsNowhere {
+            status.footprint = Some(StatusFootprint { fits: false, ..status.footprint.clone().unwrap_or_default() });
+        }
+        condition(conditions, READY, false, blocked.reason.as_str(), blocked.message.clone(), generation);
+        condition(conditions, STALLED, true, blocked.reason.as_str(), blocked.message.clone(), generation);
+        condition(
+            conditions,
+            RECONCILING,
+            false,
+            blocked.reason.as_str(),
+            "waiting for a change to the spec",
+            generation,
+        );
+        status.phase = ModelPhase::Failed;
+        status.replicas = 0;
+        status.ready_replicas = 0;
+        return status;
+    }
+    condition(conditions, STALLED, false, "Progressing", "", generation);
+    for note in &objects.notes {
+        condition(conditions, "Scaled", false, note.reason.as_str(), note.message.clone(), generation);
+    }
+    if objects.notes.is_empty() {
+        condition(conditions, "Scaled", true, "AutoscalerConfigured", "replicas follow the spec", generation);
+    }
+    let dep_status = deployment.and_then(|d| d.status.clone()).unwrap_or_default();
+    let wanted = deployment.and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas).unwrap_or(1);
+    let observed = dep_status.observed_generation >= deployment.and_then(|d| d.metadata.generation);
+    status.replicas = dep_status.replicas.unwrap_or(0);
+    status.ready_replicas = dep_status.ready_replicas.unwrap_or(0);
+    let updated = dep_status.updated_replicas.unwrap_or(0);
+    let available = dep_status.available_replicas.unwrap_or(0);
+    let rolled_out = observed && updated >= wanted && status.replicas == updated && available >= wanted;
+    let ready = status.ready_replicas >= 1 || (wanted == 0 && rolled_out);
+    if ready {
+        condition(
+            conditions,
+            READY,
+            true,
+            "Available",
+            format!("{} of {} replicas ready", status.ready_replicas, status.replicas),
+            generation,
+        );
+        status.phase = ModelPhase::Serving;
+    } else {
+        condition(
+            conditions,
+            READY,
+            false,
+            "ReplicasNotReady",
+            "waiting for a server replica to load the model",
+            generation,
+        );
+        status.phase = ModelPhase::Starting;
+    }
+    if rolled_out {
+        condition(conditions, RECONCILING, false, "RolledOut", "every replica runs the current spec", generation);
+    } else {
+        condition(
+            conditions,
+            RECONCILING,
+            true,
+            "RollingOut",
+            format!("{updated} of {wanted} replicas updated, {available} available"),
+            generation,
+        );
+    }
+    condition(
+        conditions,
+        "Available",
+        ready,
+        if ready { "MinimumReplicasAvailable" } else { "NoReplicaReady" },
+        "",
+        generation,
+    );
+    status
+}
+
+async fn announce(ctx: &Context, model: &Model, before: &ModelStatus, after: &ModelStatus) {
+    let was = |s: &ModelStatus, t: &str| find_condition(&s.conditions, t).map(|c| (c.status, c.reason.clone()));
+    if was(before, READY) != was(after, READY) {
+        if let Some(ready) = find_condition(&after.conditions, READY) {
+            let ok = ready.status == hearth_crds::ConditionStatus::True;
+            let warning = !ok
+                && find_condition(&after.conditions, STALLED)
+                    .is_some_and(|c| c.status == hearth_crds::ConditionStatus::True);
+            publish(ctx, model, warning, &ready.reason, ready.message.clone()).await;
+        }
+    }
+}
