@@ -44,6 +44,10 @@ struct Flags {
     /// StorageClass of model caches (default: the cluster's default).
     #[arg(long)]
     storage_class: Option<String>,
+    /// A ConfigMap in the operator's namespace whose `profiles.yaml` adds or replaces
+    /// hardware profiles (read at start).
+    #[arg(long)]
+    profiles_configmap: Option<String>,
 }
 
 #[tokio::main]
@@ -70,6 +74,15 @@ async fn main() -> anyhow::Result<()> {
         build.server_image_cuda = image;
     }
     build.storage_class = flags.storage_class;
+    if let Some(name) = &flags.profiles_configmap {
+        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &flags.lease_namespace);
+        let cm = cms.get(name).await.with_context(|| format!("cannot read the profiles ConfigMap {name}"))?;
+        let yaml = cm
+            .data
+            .and_then(|d| d.get("profiles.yaml").cloned())
+            .with_context(|| format!("ConfigMap {name} has no profiles.yaml"))?;
+        build.profiles = hearth_operator::sizing::profiles_with_overrides(&yaml).map_err(anyhow::Error::msg)?;
+    }
     build.keda_available = Api::<CustomResourceDefinition>::all(client.clone())
         .get_opt("scaledobjects.keda.sh")
         .await

@@ -43,6 +43,37 @@ pub fn builtin_profiles() -> Vec<HardwareProfile> {
     ]
 }
 
+/// One entry of a profiles ConfigMap (`profiles.yaml`), e.g.
+/// `{name: l40s-48gb, accelerator: nvidia, memoryGiB: 48, bandwidthGBps: 864}`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProfileEntry {
+    name: String,
+    accelerator: Accelerator,
+    #[serde(rename = "memoryGiB")]
+    memory_gib: f64,
+    #[serde(rename = "bandwidthGBps")]
+    bandwidth_gbps: f64,
+}
+
+/// The built-in profiles plus those of a ConfigMap's `profiles.yaml` (a YAML list); an
+/// entry with a built-in's name replaces it. Errors name the entry and the field.
+pub fn profiles_with_overrides(yaml: &str) -> Result<Vec<HardwareProfile>, String> {
+    let entries: Vec<ProfileEntry> = serde_yaml::from_str(yaml).map_err(|e| format!("profiles.yaml: {e}"))?;
+    let mut profiles = builtin_profiles();
+    for (i, e) in entries.into_iter().enumerate() {
+        if !(e.memory_gib > 0.0 && e.bandwidth_gbps > 0.0) {
+            return Err(format!("profiles.yaml[{i}] ({}): memoryGiB and bandwidthGBps must be positive", e.name));
+        }
+        if !hearth_crds::validation::is_dns_label(&e.name) {
+            return Err(format!("profiles.yaml[{i}].name: expected a DNS label, found {:?}", e.name));
+        }
+        profiles.retain(|p| p.name != e.name);
+        profiles.push(HardwareProfile::new(&e.name, e.accelerator, e.memory_gib * GIB, e.bandwidth_gbps * GB));
+    }
+    Ok(profiles)
+}
+
 /// Why a model cannot be sized or placed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SizingError {
@@ -277,6 +308,22 @@ mod tests {
         let mut no_hints = spec("1B", Quantization::Q8_0, Accelerator::Cpu, None);
         no_hints.sizing = None;
         assert_eq!(plan(&no_hints, None, &builtin_profiles()), Err(SizingError::UnknownWeights));
+    }
+
+    #[test]
+    fn a_configmap_adds_and_replaces_profiles() {
+        let yaml = "- {name: l40s-48gb, accelerator: nvidia, memoryGiB: 48, bandwidthGBps: 864}\n\
+                    - {name: cpu-generic, accelerator: cpu, memoryGiB: 512, bandwidthGBps: 200}\n";
+        let profiles = profiles_with_overrides(yaml).unwrap();
+        let l40s = profiles.iter().find(|p| p.name == "l40s-48gb").unwrap();
+        assert_eq!(l40s.memory_bytes, 48 * 1024 * 1024 * 1024);
+        let cpu: Vec<_> = profiles.iter().filter(|p| p.name == "cpu-generic").collect();
+        assert_eq!(cpu.len(), 1);
+        assert_eq!(cpu[0].memory_bytes, 512 * 1024 * 1024 * 1024);
+        let bad = profiles_with_overrides("- {name: x, accelerator: tpu, memoryGiB: 1, bandwidthGBps: 1}").unwrap_err();
+        assert!(bad.contains("tpu"), "{bad}");
+        let bad = profiles_with_overrides("- {name: x, accelerator: cpu, memoryGiB: 0, bandwidthGBps: 1}").unwrap_err();
+        assert!(bad.contains("profiles.yaml[0]"), "{bad}");
     }
 
     #[test]

@@ -59,9 +59,16 @@ pub(crate) struct Conflict {
     pub(crate) path: Path,
 }
 
-/// Formats a path the way Kubernetes reports conflicts: `.spec.replicas`.
-pub(crate) fn dotted(path: &[String]) -> String {
-    path.iter().map(|p| format!(".{p}")).collect()
+/// The message of a 409 for apply conflicts, worded as Kubernetes words it.
+pub(crate) fn conflict_message(conflicts: &[Conflict]) -> String {
+    let listed: Vec<String> = conflicts
+        .iter()
+        .map(|c| {
+            format!("conflict with \"{}\": {}", c.manager, c.path.iter().map(|p| format!(".{p}")).collect::<String>())
+        })
+        .collect();
+    let plural = if conflicts.len() == 1 { "" } else { "s" };
+    format!("Apply failed with {} conflict{plural}: {}", conflicts.len(), listed.join(", "))
 }
 
 /// The owned leaves of an object within a scope, with their values.

@@ -37,6 +37,7 @@ pub use journal::{PatchType, Verb, Write};
 pub use resources::{ResourceInfo, keda_scaled_object, operator_kinds};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::serde::de::DeserializeOwned;
 use kube::core::ApiResource;
 use resources::Registry;
 use serde_json::Value;
@@ -182,6 +183,30 @@ impl FakeApiServer {
     ) -> Option<Value> {
         let objects = self.objects(resource, namespace);
         objects.into_iter().find(|o| o["metadata"]["name"] == name)
+    }
+
+    /// The stored objects of a typed kind, deserialized; see [`FakeApiServer::objects`].
+    ///
+    /// # Panics
+    /// When a stored object does not deserialize as `K`.
+    pub fn list<'a, K>(&self, namespace: impl Into<Option<&'a str>>) -> Vec<K>
+    where
+        K: kube::Resource<DynamicType = ()> + DeserializeOwned,
+    {
+        let objects = self.objects(&ApiResource::erase::<K>(&()), namespace);
+        objects.into_iter().map(|o| serde_json::from_value(o).expect("a stored object deserializes")).collect()
+    }
+
+    /// One stored object of a typed kind, deserialized, if present.
+    ///
+    /// # Panics
+    /// When the stored object does not deserialize as `K`.
+    pub fn get<'a, K>(&self, namespace: impl Into<Option<&'a str>>, name: &str) -> Option<K>
+    where
+        K: kube::Resource<DynamicType = ()> + DeserializeOwned,
+    {
+        let object = self.object(&ApiResource::erase::<K>(&()), namespace, name)?;
+        Some(serde_json::from_value(object).expect("a stored object deserializes"))
     }
 
     /// How many requests with this verb the server received for a resource (plural name),

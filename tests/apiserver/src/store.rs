@@ -63,6 +63,10 @@ pub(crate) struct Change {
     pub(crate) previous: Option<Value>,
 }
 
+/// A new watch's view: the changes before it, the queue of later ones, and the resourceVersion
+/// at which the one ends and the other begins.
+pub(crate) type Subscription = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>, u64);
+
 /// Where a watch starts: from the current state (sent as ADDED events), or after a resourceVersion.
 pub(crate) enum WatchStart {
     Snapshot,
@@ -75,13 +79,8 @@ struct Entry {
     managers: Managers,
 }
 
-/// How a write is logged.
-struct WriteInfo {
-    verb: Verb,
-    patch: Option<PatchType>,
-    status: bool,
-    field_manager: Option<String>,
-}
+/// The field manager the garbage collector's writes are logged with.
+const GARBAGE_COLLECTOR: &str = "garbage-collector";
 
 type Key = (String, String);
 
@@ -301,10 +300,8 @@ impl Store {
             body = with_status(body, None);
         }
         let mut managers = Managers::new();
-        let manager = params.field_manager.as_deref().unwrap_or("unknown");
-        apply::record_update(None, &body, &mut managers, manager, &now());
-        let log =
-            WriteInfo { verb: Verb::Create, patch: None, status: false, field_manager: params.field_manager.clone() };
+        apply::record_update(None, &body, &mut managers, params.manager(), &now());
+        let log = state.record(&target, Verb::Create, None, params.field_manager.clone());
         state.commit(&target, None, body, managers, log, false)
     }
 
@@ -312,80 +309,38 @@ impl Store {
         let mut state = self.lock();
         let old = state.entry(t)?;
         check_resource_version(&body, &old.object)?;
-        let log = WriteInfo {
-            verb: Verb::Update,
-            patch: None,
-            status: t.status,
-            field_manager: params.field_manager.clone(),
-        };
+        let log = state.record(t, Verb::Update, None, params.field_manager.clone());
         state.update(t, old, body, params, log)
     }
 
     pub(crate) fn patch(&self, t: &Target, patch: PatchBody, params: &WriteParams) -> Result<Value, ApiError> {
         let mut state = self.lock();
-        let info = state.registry.kinds[t.kind].clone();
-        let (patch_type, log_manager) = match &patch {
-            PatchBody::Apply(_) => (PatchType::Apply, params.field_manager.clone()),
-            PatchBody::Merge(_, kind) => (*kind, params.field_manager.clone()),
-            PatchBody::Json(_) => (PatchType::Json, params.field_manager.clone()),
+        let patch_type = match &patch {
+            PatchBody::Apply(_) => PatchType::Apply,
+            PatchBody::Merge(_, patch_type) => *patch_type,
+            PatchBody::Json(_) => PatchType::Json,
         };
-        let log =
-            WriteInfo { verb: Verb::Patch, patch: Some(patch_type), status: t.status, field_manager: log_manager };
-        let old = match state.entry(t) {
-            Ok(old) => Some(old),
-            Err(e) if !matches!(patch, PatchBody::Apply(_)) || t.status => return Err(e),
-            Err(_) => None,
-        };
-        match patch {
-            PatchBody::Apply(applied) => {
-                let manager = params
-                    .field_manager
-                    .as_deref()
-                    .ok_or_else(|| ApiError::bad_request("fieldManager is required for apply patches"))?;
-                for (field, want) in [("apiVersion", info.api_version()), ("kind", info.api.kind.as_str())] {
-                    if applied.get(field).and_then(Value::as_str) != Some(want) {
-                        return Err(ApiError::bad_request(format!("apply needs {field}: {want}")));
-                    }
-                }
-                let scope = match (info.status_subresource, t.status) {
-                    (false, _) => Scope::Whole,
-                    (true, false) => Scope::Main,
-                    (true, true) => Scope::Status,
-                };
-                let (current, managers) = match &old {
-                    Some(old) => (old.object.clone(), old.managers.clone()),
-                    None => (json!({"metadata": {}}), Managers::new()),
-                };
-                check_resource_version(&applied, &current)?;
-                let (merged, managers) =
-                    apply::apply(&current, &managers, &applied, manager, params.force, scope, &now()).map_err(
-                        |conflicts| {
-                            let listed: Vec<String> = conflicts
-                                .iter()
-                                .map(|c| format!("conflict with \"{}\": {}", c.manager, apply::dotted(&c.path)))
-                                .collect();
-                            let n = conflicts.len();
-                            let s = if n == 1 { "" } else { "s" };
-                            ApiError::conflict(format!("Apply failed with {n} conflict{s}: {}", listed.join(", ")))
-                        },
-                    )?;
-                state.commit(t, old, merged, managers, log, false)
+        let log = state.record(t, Verb::Patch, Some(patch_type), params.field_manager.clone());
+        let old = state.entry(t);
+        let (old, patched) = match (old, patch) {
+            (old, PatchBody::Apply(applied)) if old.is_ok() || !t.status => {
+                return state.server_side_apply(t, old.ok(), applied, params, log);
             }
-            PatchBody::Merge(patch, _) => {
-                let old = old.expect("only apply reaches here without an object");
+            (Err(e), _) => return Err(e),
+            (Ok(old), PatchBody::Merge(patch, _)) => {
                 let mut patched = old.object.clone();
                 json_patch::merge(&mut patched, &patch);
-                check_resource_version(&patched, &old.object)?;
-                state.update(t, old, patched, params, log)
+                (old, patched)
             }
-            PatchBody::Json(ops) => {
-                let old = old.expect("only apply reaches here without an object");
+            (Ok(old), PatchBody::Json(ops)) => {
                 let mut patched = old.object.clone();
                 json_patch(&mut patched, &ops)?;
-                check_resource_version(&patched, &old.object)?;
-                state.update(t, old, patched, params, log)
+                (old, patched)
             }
-        }
+            (Ok(_), PatchBody::Apply(_)) => unreachable!("apply to an existing object is handled above"),
+        };
+        check_resource_version(&patched, &old.object)?;
+        state.update(t, old, patched, params, log)
     }
 
     pub(crate) fn delete(&self, t: &Target, params: &DeleteParams) -> Result<Value, ApiError> {
@@ -404,7 +359,7 @@ impl Store {
         if params.orphan {
             state.orphan_dependents(&current_meta("uid"));
         }
-        let log = WriteInfo { verb: Verb::Delete, patch: None, status: false, field_manager: None };
+        let log = state.record(t, Verb::Delete, None, None);
         state.delete_entry(t, entry, log)
     }
 
@@ -437,11 +392,7 @@ impl Store {
 
     /// Subscribes to changes and returns the events that precede the subscription: the current
     /// objects (for a snapshot) or the history after a resourceVersion (410 Gone when compacted).
-    pub(crate) fn subscribe(
-        &self,
-        kind: usize,
-        start: WatchStart,
-    ) -> Result<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>, u64), ApiError> {
+    pub(crate) fn subscribe(&self, kind: usize, start: WatchStart) -> Result<Subscription, ApiError> {
         let state = self.lock();
         let before = match start {
             WatchStart::Snapshot => state.objects[kind]
@@ -467,9 +418,64 @@ fn resource_version(object: &Value) -> u64 {
     object.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
+impl WriteParams {
+    /// The manager a non-apply write is recorded under.
+    fn manager(&self) -> &str {
+        self.field_manager.as_deref().unwrap_or("unknown")
+    }
+}
+
 impl State {
     fn plural(&self, kind: usize) -> &str {
         &self.registry.kinds[kind].api.plural
+    }
+
+    /// A write-log entry for a write to `t`, completed when the write is committed.
+    fn record(&self, t: &Target, verb: Verb, patch: Option<PatchType>, field_manager: Option<String>) -> Write {
+        let info = &self.registry.kinds[t.kind];
+        Write {
+            verb,
+            patch,
+            resource: info.api.plural.clone(),
+            namespace: info.namespaced.then(|| t.namespace.clone()),
+            name: t.name.clone(),
+            subresource: t.status.then(|| "status".to_string()),
+            field_manager,
+            changed: true,
+            resource_version: String::new(),
+        }
+    }
+
+    /// Server-side apply, creating the object when it does not exist yet.
+    fn server_side_apply(
+        &mut self,
+        t: &Target,
+        old: Option<Entry>,
+        applied: Value,
+        params: &WriteParams,
+        log: Write,
+    ) -> Result<Value, ApiError> {
+        let info = self.registry.kinds[t.kind].clone();
+        let manager = params.field_manager.as_deref();
+        let manager = manager.ok_or_else(|| ApiError::bad_request("fieldManager is required for apply patches"))?;
+        for (field, want) in [("apiVersion", info.api_version()), ("kind", info.api.kind.as_str())] {
+            if applied.get(field).and_then(Value::as_str) != Some(want) {
+                return Err(ApiError::bad_request(format!("apply needs {field}: {want}")));
+            }
+        }
+        let scope = match (info.status_subresource, t.status) {
+            (false, _) => Scope::Whole,
+            (true, false) => Scope::Main,
+            (true, true) => Scope::Status,
+        };
+        let (current, managers) = match &old {
+            Some(old) => (old.object.clone(), old.managers.clone()),
+            None => (json!({"metadata": {}}), Managers::new()),
+        };
+        check_resource_version(&applied, &current)?;
+        let (merged, managers) = apply::apply(&current, &managers, &applied, manager, params.force, scope, &now())
+            .map_err(|conflicts| ApiError::conflict(apply::conflict_message(&conflicts)))?;
+        self.commit(t, old, merged, managers, log, false)
     }
 
     fn entry(&self, t: &Target) -> Result<Entry, ApiError> {
@@ -484,7 +490,7 @@ impl State {
         old: Entry,
         body: Value,
         params: &WriteParams,
-        log: WriteInfo,
+        log: Write,
     ) -> Result<Value, ApiError> {
         let info: ResourceInfo = self.registry.kinds[t.kind].clone();
         if let Some(name) = body.pointer("/metadata/name").and_then(Value::as_str).filter(|n| *n != t.name) {
@@ -499,8 +505,7 @@ impl State {
             (false, _) => body,
         };
         let mut managers = old.managers.clone();
-        let manager = params.field_manager.as_deref().unwrap_or("unknown");
-        apply::record_update(Some(&old.object), &object, &mut managers, manager, &now());
+        apply::record_update(Some(&old.object), &object, &mut managers, params.manager(), &now());
         self.commit(t, Some(old), object, managers, log, false)
     }
 
@@ -513,7 +518,7 @@ impl State {
         old: Option<Entry>,
         mut object: Value,
         mut managers: Managers,
-        log: WriteInfo,
+        mut log: Write,
         mark_deleted: bool,
     ) -> Result<Value, ApiError> {
         let info = self.registry.kinds[t.kind].clone();
@@ -560,23 +565,13 @@ impl State {
         }
         apply::prune(&mut managers, &object);
         let key = (t.namespace.clone(), t.name.clone());
-        let mut write = Write {
-            verb: log.verb,
-            patch: log.patch,
-            resource: info.api.plural.clone(),
-            namespace: info.namespaced.then(|| t.namespace.clone()),
-            name: t.name.clone(),
-            subresource: log.status.then(|| "status".to_string()),
-            field_manager: log.field_manager,
-            changed: false,
-            resource_version: String::new(),
-        };
         if let Some(old) = &old
             && comparable(&old.object) == comparable(&object)
             && apply::same_owners(&old.managers, &managers)
         {
-            write.resource_version = resource_version(&old.object).to_string();
-            self.journal.writes.push(write);
+            log.changed = false;
+            log.resource_version = resource_version(&old.object).to_string();
+            self.journal.writes.push(log);
             return Ok(old.object.clone());
         }
         if old.as_ref().is_some_and(|old| spec_part(&old.object) != spec_part(&object)) {
@@ -590,9 +585,8 @@ impl State {
         if !managers.is_empty() {
             m.insert("managedFields".into(), apply::managed_fields(&managers, info.api_version()));
         }
-        write.changed = true;
-        write.resource_version = rv;
-        self.journal.writes.push(write);
+        log.resource_version = rv;
+        self.journal.writes.push(log);
         let deleting = object.pointer("/metadata/deletionTimestamp").is_some();
         if deleting && !finalizers_pending(&object) {
             self.objects[t.kind].remove(&key);
@@ -607,7 +601,7 @@ impl State {
 
     /// A delete: with finalizers the object is only marked (deletionTimestamp, MODIFIED);
     /// without, it goes now and its dependents are collected.
-    fn delete_entry(&mut self, t: &Target, entry: Entry, log: WriteInfo) -> Result<Value, ApiError> {
+    fn delete_entry(&mut self, t: &Target, entry: Entry, mut log: Write) -> Result<Value, ApiError> {
         if finalizers_pending(&entry.object) {
             if entry.object.pointer("/metadata/deletionTimestamp").is_some() {
                 return Ok(entry.object);
@@ -617,17 +611,8 @@ impl State {
         }
         self.objects[t.kind].remove(&(t.namespace.clone(), t.name.clone()));
         let object = self.finish_delete(t, entry.object);
-        self.journal.writes.push(Write {
-            verb: Verb::Delete,
-            patch: None,
-            resource: self.plural(t.kind).to_string(),
-            namespace: self.registry.kinds[t.kind].namespaced.then(|| t.namespace.clone()),
-            name: t.name.clone(),
-            subresource: None,
-            field_manager: log.field_manager,
-            changed: true,
-            resource_version: resource_version(&object).to_string(),
-        });
+        log.resource_version = resource_version(&object).to_string();
+        self.journal.writes.push(log);
         Ok(object)
     }
 
@@ -639,12 +624,7 @@ impl State {
         self.emit(t.kind, &t.namespace, EventType::Deleted, object.clone(), None);
         let uid = object["metadata"]["uid"].as_str().unwrap_or_default().to_string();
         for (dependent, entry) in self.dependents(&uid) {
-            let log = WriteInfo {
-                verb: Verb::Delete,
-                patch: None,
-                status: false,
-                field_manager: Some("garbage-collector".to_string()),
-            };
+            let log = self.record(&dependent, Verb::Delete, None, Some(GARBAGE_COLLECTOR.to_string()));
             // A dependent that cannot be deleted stays, as with a real garbage collector.
             let _ = self.delete_entry(&dependent, entry, log);
         }
@@ -673,12 +653,7 @@ impl State {
             if let Some(refs) = object["metadata"]["ownerReferences"].as_array_mut() {
                 refs.retain(|r| r["uid"] != uid);
             }
-            let log = WriteInfo {
-                verb: Verb::Update,
-                patch: None,
-                status: false,
-                field_manager: Some("garbage-collector".to_string()),
-            };
+            let log = self.record(&target, Verb::Update, None, Some(GARBAGE_COLLECTOR.to_string()));
             let managers = entry.managers.clone();
             let _ = self.commit(&target, Some(entry), object, managers, log, false);
         }

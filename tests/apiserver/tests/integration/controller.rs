@@ -5,7 +5,6 @@ use futures_util::StreamExt;
 use hearth_test_apiserver::{FakeApiServer, Fault, PatchType, Verb};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, ResourceExt};
-use kube::core::ApiResource;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::watcher;
@@ -67,29 +66,29 @@ async fn controller_reconciles_later_changes_and_cleans_up() {
     let controller = tokio::spawn(controller);
 
     let widgets: Api<Widget> = Api::namespaced(client.clone(), "default");
-    let out = ApiResource::erase::<ConfigMap>(&());
-    let message =
-        |server: &FakeApiServer| server.object(&out, "default", "w-out").map(|cm| cm["data"]["message"].clone());
+    let message = |server: &FakeApiServer| {
+        server.get::<ConfigMap>("default", "w-out").and_then(|cm| cm.data).map(|data| data["message"].clone())
+    };
     let observed = || async {
         let widget = widgets.get("w").await.unwrap();
         widget.status.and_then(|s| s.observed_generation) == widget.metadata.generation
     };
 
     widgets.create(&PostParams::default(), &Widget::new("w", WidgetSpec { message: "one".into() })).await.unwrap();
-    eventually("the first message", || async { message(&server) == Some(json!("one")) }).await;
+    eventually("the first message", || async { message(&server) == Some("one".to_string()) }).await;
     eventually("status for generation 1", observed).await;
 
     let change = Patch::Merge(json!({"spec": {"message": "two"}}));
     let changed = widgets.patch("w", &PatchParams::default(), &change).await.unwrap();
     assert_eq!(changed.metadata.generation, Some(2));
-    eventually("the changed message", || async { message(&server) == Some(json!("two")) }).await;
+    eventually("the changed message", || async { message(&server) == Some("two".to_string()) }).await;
     eventually("status for generation 2", observed).await;
 
     // Drift in the owned object brings the controller back (it owns ConfigMaps).
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let tamper = Patch::Merge(json!({"data": {"message": "tampered"}}));
     config_maps.patch("w-out", &PatchParams::default(), &tamper).await.unwrap();
-    eventually("the repaired message", || async { message(&server) == Some(json!("two")) }).await;
+    eventually("the repaired message", || async { message(&server) == Some("two".to_string()) }).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let applied: Vec<_> = server

@@ -39,6 +39,8 @@ async fn creates_gets_lists_and_deletes() {
     api.delete("a", &DeleteParams::default()).await.unwrap();
     assert_eq!(code(api.get("a").await), 404);
     assert_eq!(server.objects(&ApiResource::erase::<ConfigMap>(&()), "default").len(), 1);
+    assert_eq!(server.list::<ConfigMap>(None).len(), 2);
+    assert!(server.get::<ConfigMap>("other", "c").is_some());
 }
 
 #[tokio::test]
@@ -97,4 +99,29 @@ async fn cluster_scoped_kinds_and_discovery() {
         discovery.groups().flat_map(|g| g.recommended_resources()).find(|(r, _)| r.kind == "Model").unwrap();
     assert_eq!((model.plural.as_str(), caps.scope), ("models", kube::discovery::Scope::Namespaced));
     assert!(discovery.has_group("apps") && discovery.has_group("autoscaling"));
+}
+
+#[tokio::test]
+async fn event_recorder_creates_then_patches_a_series() {
+    use k8s_openapi::api::events::v1::Event;
+    use kube::Resource;
+    use kube::runtime::events::{Event as Report, EventType, Recorder, Reporter};
+
+    let server = FakeApiServer::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let cm = api.create(&PostParams::default(), &config_map("a", &[], &[])).await.unwrap();
+    let recorder = Recorder::new(server.client(), Reporter { controller: "test".into(), instance: None });
+    let report = Report {
+        type_: EventType::Normal,
+        reason: "Synced".into(),
+        note: None,
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    for _ in 0..2 {
+        recorder.publish(&report, &cm.object_ref(&())).await.unwrap();
+    }
+    let events = server.list::<Event>("default");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].series.as_ref().map(|s| s.count), Some(2));
 }

@@ -44,8 +44,8 @@ fn owned_by(name: &str, owner: &ConfigMap) -> ConfigMap {
     cm.metadata.owner_references = Some(vec![OwnerReference {
         api_version: "v1".into(),
         kind: "ConfigMap".into(),
-        name: owner.metadata.name.clone().unwrap(),
-        uid: owner.metadata.uid.clone().unwrap(),
+        name: owner.metadata.name.clone().expect("a stored object has a name"),
+        uid: owner.metadata.uid.clone().expect("a stored object has a uid"),
         ..OwnerReference::default()
     }]);
     cm

@@ -11,7 +11,7 @@ fn deployment(replicas: i32) -> Deployment {
                  "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}},
         "status": {"replicas": 7}
     }))
-    .unwrap()
+    .expect("a valid Deployment")
 }
 
 fn status_replicas(d: &Deployment) -> Option<i32> {
