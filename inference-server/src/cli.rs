@@ -99,6 +99,10 @@ pub struct ServeArgs {
     /// CPU threads for model work (default: all cores, or RAYON_NUM_THREADS).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where the model runs: cpu, cuda (build with `--features cuda`), metal (`--features
+    /// metal`), or auto (the first accelerator available, else cpu).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     /// Longest context served, in tokens.
     #[arg(long)]
     pub context_length: Option<usize>,
@@ -136,6 +140,25 @@ pub struct ServePlan {
     pub task: ModelTask,
     /// Limits.
     pub limits: ServingLimits,
+    /// cpu, cuda, metal or auto.
+    pub device: String,
+}
+
+/// Opens the compute device named on the command line.
+pub fn open_device(name: &str) -> anyhow::Result<candle_core::Device> {
+    use candle_core::Device;
+    Ok(match name {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0).context("--device cuda: no CUDA device (or built without --features cuda)")?,
+        "metal" => {
+            Device::new_metal(0).context("--device metal: no Metal device (or built without --features metal)")?
+        }
+        "auto" => {
+            let cuda = Device::cuda_if_available(0).unwrap_or(Device::Cpu);
+            if cuda.is_cpu() { Device::metal_if_available(0).unwrap_or(Device::Cpu) } else { cuda }
+        }
+        other => bail!("--device must be cpu, cuda, metal or auto, got {other:?}"),
+    })
 }
 
 fn path_of(uri: &str) -> anyhow::Result<PathBuf> {
@@ -194,7 +217,7 @@ impl ServeArgs {
             .or_else(|| model.as_ref().and_then(|m| m.metadata.name.clone()))
             .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "model".into());
-        Ok(ServePlan { name, path, task, limits })
+        Ok(ServePlan { name, path, task, limits, device: self.device.clone() })
     }
 
     fn api_config(&self) -> anyhow::Result<ApiConfig> {
@@ -218,7 +241,8 @@ impl ServeArgs {
 
 /// Loads the planned model into the registry (on a blocking thread) and marks it ready.
 pub fn load_into(registry: &Registry, plan: &ServePlan) -> anyhow::Result<()> {
-    let device = candle_core::Device::Cpu;
+    let device = open_device(&plan.device)?;
+    tracing::info!(device = ?device, "compute device");
     let started = std::time::Instant::now();
     let served = match plan.task {
         ModelTask::Chat => {

@@ -15,12 +15,18 @@
 //! # }
 //! ```
 //!
-//! It implements what controllers rely on: CRUD with resourceVersion preconditions, merge,
-//! JSON and (as merge) strategic-merge patches, server-side apply with per-manager field
-//! ownership and conflicts, the status subresource and generation rules, list + watch with
-//! bookmarks, timeouts and 410 Gone from a bounded history, finalizers, owner-reference garbage
-//! collection, and fault injection. It does not validate objects against schemas, run admission,
-//! authenticate, or implement list-map merge keys (lists are atomic in apply and patches).
+//! It implements what controllers rely on: CRUD with resourceVersion preconditions; merge, JSON
+//! and (as merge) strategic-merge patches; server-side apply with per-manager field ownership,
+//! conflicts and `force`; the status subresource and generation rules; no-op writes that keep
+//! the resourceVersion and send no event; list (selectors, paging) and watch (history replay,
+//! bookmarks, streaming lists, timeouts, 410 Gone from a bounded history); finalizers;
+//! owner-reference garbage collection; discovery; fault injection, request counts and a write log.
+//!
+//! Deliberately left out: schema validation, defaulting, CEL and admission; authentication and
+//! authorization; list-map merge keys and `$patch` directives (lists are atomic); subresources
+//! other than `status`; `dryRun` (rejected); lists at an old resourceVersion (lists are always
+//! current); foreground deletion (treated as background); namespace lifecycle; registering kinds
+//! by creating CRDs through the API (register them up front).
 
 mod apply;
 mod error;

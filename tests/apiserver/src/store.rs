@@ -192,7 +192,7 @@ impl Store {
             history_limit: history_limit.max(1),
             objects: vec![BTreeMap::new(); kinds],
             serial: 0,
-            changes: broadcast::channel(4096).0,
+            changes: broadcast::channel(1 << 16).0,
             journal: Journal::default(),
         };
         Self { state: Mutex::new(state) }
