@@ -51,18 +51,9 @@ pub struct FetchArgs {
     pub quiet: bool,
 }
 
-/// The default model cache: `$HEARTH_CACHE/models`, else `~/.cache/hearth/models`.
-pub fn default_cache() -> PathBuf {
-    match std::env::var_os("HEARTH_CACHE") {
-        Some(dir) => PathBuf::from(dir).join("models"),
-        None => std::env::var_os("HOME")
-            .map_or_else(|| PathBuf::from(".cache/hearth/models"), |h| PathBuf::from(h).join(".cache/hearth/models")),
-    }
-}
-
 /// Runs `fetch`.
 pub async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
-    let cache = args.cache.unwrap_or_else(default_cache);
+    let cache = args.cache.unwrap_or_else(crate::fetch::model_cache_dir);
     let progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fetched = crate::fetch::fetch(&args.uri, args.sha256.as_deref(), &cache, progress).await?;
     if fetched.downloaded_bytes == 0 {

@@ -64,6 +64,15 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
     move |source| FetchError::Io { path: path.display().to_string(), source }
 }
 
+/// The model cache: `$HEARTH_CACHE/models`, else `~/.cache/hearth/models`.
+pub fn model_cache_dir() -> PathBuf {
+    match std::env::var_os("HEARTH_CACHE") {
+        Some(dir) => PathBuf::from(dir).join("models"),
+        None => std::env::var_os("HOME")
+            .map_or_else(|| PathBuf::from(".cache/hearth/models"), |h| PathBuf::from(h).join(".cache/hearth/models")),
+    }
+}
+
 /// Where a URI's bytes come from.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Location {

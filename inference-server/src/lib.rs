@@ -8,3 +8,5 @@ pub mod cli;
 pub mod engine;
 pub mod fetch;
 pub mod registry;
+#[cfg(test)]
+mod test_models;

@@ -430,39 +430,13 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 mod tests {
     use super::super::tokenizer::TextTokenizer;
     use super::*;
-    use std::path::{Path, PathBuf};
-
-    fn model_path(file: &str) -> PathBuf {
-        let cache = match std::env::var_os("HEARTH_CACHE") {
-            Some(dir) => PathBuf::from(dir),
-            None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hearth"),
-        };
-        cache.join("models").join(file)
-    }
-
-    fn read_content(path: &Path) -> Content {
-        let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        Content::read(&mut f).unwrap_or_else(|e| panic!("read GGUF {}: {e}", path.display()))
-    }
 
     fn required(file: &str) -> Content {
-        let path = model_path(file);
-        assert!(
-            path.exists(),
-            "{} is missing: run `scripts/fetch-models.py` to fetch the test models (or set HEARTH_CACHE)",
-            path.display()
-        );
-        read_content(&path)
+        crate::test_models::gguf(&crate::test_models::required(file))
     }
 
     fn optional(file: &str) -> Option<Content> {
-        let path = model_path(file);
-        if path.exists() {
-            Some(read_content(&path))
-        } else {
-            eprintln!("skipping: {} not present (scripts/fetch-models.py --set all)", path.display());
-            None
-        }
+        crate::test_models::optional(file).map(|path| crate::test_models::gguf(&path))
     }
 
     fn conversation() -> Vec<ChatMessage> {

@@ -367,11 +367,7 @@ mod tests {
     const REFERENCE: &str = include_str!("../../../tests/fixtures/reference/all-minilm-l6-v2.embeddings.json");
 
     fn model_dir() -> PathBuf {
-        let cache = std::env::var_os("HEARTH_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").expect("HOME or HEARTH_CACHE must be set to find the model cache");
-            PathBuf::from(home).join(".cache/hearth")
-        });
-        let dir = cache.join("models/all-minilm-l6-v2");
+        let dir = crate::test_models::path("all-minilm-l6-v2");
         assert!(
             dir.join(WEIGHTS_FILE).is_file(),
             "all-MiniLM-L6-v2 not found in {}: run `scripts/fetch-models.py minilm` first",

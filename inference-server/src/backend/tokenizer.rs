@@ -1483,31 +1483,13 @@ mod tests {
     const QWEN_15B: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf";
     const QWEN_05B: &str = "qwen2.5-coder-0.5b-instruct.gguf";
 
-    fn cache_dir() -> PathBuf {
-        match std::env::var_os("HEARTH_CACHE") {
-            Some(dir) => PathBuf::from(dir),
-            None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hearth"),
-        }
-    }
-
     fn model_path(file: &str) -> PathBuf {
-        cache_dir().join("models").join(file)
-    }
-
-    fn read_content(path: &Path) -> Content {
-        let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        Content::read(&mut f).unwrap_or_else(|e| panic!("read GGUF {}: {e}", path.display()))
+        crate::test_models::path(file)
     }
 
     /// The metadata of a model in the CI "small" set; missing means the cache was not populated.
     fn required_content(file: &str) -> Content {
-        let path = model_path(file);
-        assert!(
-            path.exists(),
-            "{} is missing: run `scripts/fetch-models.py` to fetch the test models (or set HEARTH_CACHE)",
-            path.display()
-        );
-        read_content(&path)
+        crate::test_models::gguf(&crate::test_models::required(file))
     }
 
     /// A tokenizer for a model in the CI "small" set (built once per test binary).
@@ -1524,12 +1506,7 @@ mod tests {
 
     /// A model outside the CI set: tests skip when it is absent.
     fn optional(file: &str) -> Option<&'static TextTokenizer> {
-        if model_path(file).exists() {
-            Some(required(file))
-        } else {
-            eprintln!("skipping: {} not present (scripts/fetch-models.py --set all)", model_path(file).display());
-            None
-        }
+        crate::test_models::optional(file).map(|_| required(file))
     }
 
     #[derive(serde::Deserialize)]

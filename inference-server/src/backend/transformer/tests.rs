@@ -21,11 +21,7 @@ const QWEN2_REFERENCE: &str =
     include_str!("../../../../tests/fixtures/reference/qwen2.5-coder-1.5b-instruct-q4_k_m.greedy.json");
 
 fn model_path(name: &str) -> PathBuf {
-    let cache = std::env::var_os("HEARTH_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hearth")))
-        .unwrap_or_else(|| PathBuf::from(".cache/hearth"));
-    cache.join("models").join(format!("{name}.gguf"))
+    crate::test_models::path(&format!("{name}.gguf"))
 }
 
 /// Logit gap under which two tokens are a near-tie: which one wins is decided by float noise
