@@ -12,8 +12,7 @@ use hearth_operator::builders::BuildContext;
 use hearth_operator::controller::{self, Context};
 use hearth_operator::metrics::Metrics;
 use hearth_test_apiserver::FakeApiServer;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, PostParams};
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -46,16 +45,6 @@ async fn main() {
     let cascades = args.get(1).copied().unwrap_or(100);
     let server = FakeApiServer::start().await;
     let client = server.client();
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta { name: Some("bench".into()), ..Default::default() },
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("namespace");
     let metrics = Arc::new(Metrics::default());
     let ctx = Arc::new(Context::new(client.clone(), BuildContext::new(), metrics.clone()));
     tokio::spawn(controller::run(ctx, None, std::future::pending()));
