@@ -16,3 +16,8 @@ lint:
 # Fetch the test models (small set; `--set all` for the benchmark models too).
 models *ARGS:
     scripts/fetch-models.py {{ARGS}}
+
+# Hearth against llama.cpp on the same GGUF (prefill, decode, 8 streams, TTFT, embeddings, RSS).
+bench *ARGS:
+    benches/compare.py {{ARGS}}
+    cargo bench -p hearth-operator --bench reconcile

@@ -253,6 +253,7 @@ pub fn load_into(registry: &Registry, plan: &ServePlan) -> anyhow::Result<()> {
 /// serves until SIGTERM or Ctrl-C.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(threads) = args.threads {
+        // main re-executed us with the environment set; the global pool follows it too.
         rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("cannot size the thread pool")?;
     }
     let plan = args.plan()?;
@@ -298,7 +299,10 @@ pub async fn shutdown_signal() {
 /// Sets up logging: JSON lines when LOG_FORMAT=json, else human-readable; RUST_LOG filters.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {
