@@ -110,10 +110,10 @@ fn to_json_schema(mut schema: Value) -> Value {
     fn walk(v: &mut Value) {
         match v {
             Value::Object(map) => {
-                if map.remove("nullable") == Some(Value::Bool(true)) {
-                    if let Some(Value::String(t)) = map.get("type").cloned() {
-                        map.insert("type".into(), Value::Array(vec![Value::String(t), Value::String("null".into())]));
-                    }
+                if map.remove("nullable") == Some(Value::Bool(true))
+                    && let Some(Value::String(t)) = map.get("type").cloned()
+                {
+                    map.insert("type".into(), Value::Array(vec![Value::String(t), Value::String("null".into())]));
                 }
                 map.values_mut().for_each(walk);
             }

@@ -1,6 +1,8 @@
 //! The committed CRDs, the examples and the invalid fixtures, checked against the types,
 //! the generated OpenAPI schema and the CEL rules.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 

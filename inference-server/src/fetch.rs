@@ -224,16 +224,16 @@ async fn download(url: &str, to: &Path, progress: bool) -> Result<u64, FetchErro
     if let Some(bar) = bar {
         bar.finish();
     }
-    if let Some(total) = total {
-        if written != total {
-            return Err(FetchError::Io {
-                path: to.display().to_string(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("the server promised {total} bytes and sent {written}"),
-                ),
-            });
-        }
+    if let Some(total) = total
+        && written != total
+    {
+        return Err(FetchError::Io {
+            path: to.display().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the server promised {total} bytes and sent {written}"),
+            ),
+        });
     }
     Ok(written)
 }

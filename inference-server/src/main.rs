@@ -5,10 +5,10 @@ use hearth_server::cli::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Serve(args) = &cli.command {
-        if let Some(threads) = args.threads {
-            pin_threads(threads)?;
-        }
+    if let Command::Serve(args) = &cli.command
+        && let Some(threads) = args.threads
+    {
+        pin_threads(threads)?;
     }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cli))
 }

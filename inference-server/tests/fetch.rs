@@ -1,5 +1,7 @@
 //! `fetch` against a loopback HTTP server: download, verify, reuse, and refuse bad bytes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

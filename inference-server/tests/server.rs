@@ -2,6 +2,8 @@
 //! all-MiniLM-L6-v2 for embeddings), spoken to over HTTP like any OpenAI client would.
 //! Models come from `scripts/fetch-models.py` (the test says so when one is missing).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

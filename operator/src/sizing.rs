@@ -138,7 +138,7 @@ pub fn parse_parameters(text: &str) -> Option<u64> {
         _ => return None,
     };
     let n: f64 = number.parse().ok()?;
-    (n.is_finite() && n > 0.0).then(|| (n * scale) as u64)
+    (n.is_finite() && n > 0.0).then_some((n * scale) as u64)
 }
 
 /// Bytes of one KV-cache element: f32 on CPU (candle's CPU kernels), f16 on GPUs.

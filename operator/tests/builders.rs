@@ -5,6 +5,8 @@
 //! fails the test. After an intended change, regenerate them with
 //! `UPDATE_SNAPSHOTS=1 cargo test -p hearth-operator --test builders` and review the diff.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::path::{Path, PathBuf};
 
 use hearth_crds::cascade::Cascade;

@@ -2,6 +2,8 @@
 //! a note): CRDs are applied, a throwaway namespace is created and deleted afterwards.
 //! Pods need not start: the assertions are on the objects and the status the operator writes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,13 +42,18 @@ async fn models_on_a_real_cluster() {
     let client = Client::try_default().await.expect("KUBECONFIG is set but no cluster answers");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in hearth_crds::crds() {
-        crds.patch(&crd.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&crd)).await.expect("apply CRD");
+        crds.patch(&crd.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&crd))
+            .await
+            .expect("apply CRD");
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ns = format!("hearth-e2e-{:08x}", rand::random::<u32>());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
-        .create(&PostParams::default(), &Namespace { metadata: ObjectMeta { name: Some(ns.clone()), ..Default::default() }, ..Default::default() })
+        .create(
+            &PostParams::default(),
+            &Namespace { metadata: ObjectMeta { name: Some(ns.clone()), ..Default::default() }, ..Default::default() },
+        )
         .await
         .expect("create the test namespace");
     let ctx = Arc::new(Context::new(client.clone(), BuildContext::new(), Arc::new(Metrics::default())));
@@ -71,7 +78,8 @@ async fn models_on_a_real_cluster() {
     poll("a status with Ready", 60, || async {
         let m = models.get("gemma3-270m").await.ok()?;
         let status = m.status?;
-        (status.observed_generation == m.metadata.generation).then(|| find_condition(&status.conditions, READY).cloned())?
+        (status.observed_generation == m.metadata.generation)
+            .then(|| find_condition(&status.conditions, READY).cloned())?
     })
     .await;
 

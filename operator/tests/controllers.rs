@@ -1,6 +1,8 @@
 //! The real Model and Cascade controllers against the in-memory API server: objects appear,
 //! status tells the truth, spec changes roll, faults are survived, nothing is duplicated.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! The plain install manifests parse into Kubernetes types and run under the restricted
 //! Pod Security profile.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use hearth_operator::builders::restricted_profile_violations;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::rbac::v1::ClusterRole;

@@ -1,6 +1,8 @@
 //! Leader election against the in-memory API server: one leader at a time, takeover after
 //! the holder stops renewing, and no split brain when candidates race.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::time::Duration;
 
 use hearth_operator::leader::{LeaseConfig, Role, try_acquire};

@@ -36,13 +36,13 @@ pub async fn embeddings(
             ));
         }
     };
-    if let Some(d) = request.dimensions {
-        if d as usize != service.dimension {
-            return Err(ApiError::invalid(
-                "dimensions",
-                format!("this model produces {} dimensions and cannot shorten them; got {d}", service.dimension),
-            ));
-        }
+    if let Some(d) = request.dimensions
+        && d as usize != service.dimension
+    {
+        return Err(ApiError::invalid(
+            "dimensions",
+            format!("this model produces {} dimensions and cannot shorten them; got {d}", service.dimension),
+        ));
     }
     let inputs = request.input.into_vec();
     if inputs.is_empty() || inputs.len() > MAX_INPUTS {

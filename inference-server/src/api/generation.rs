@@ -20,10 +20,10 @@ pub fn build_request(
     logprobs: bool,
     top_logprobs: usize,
 ) -> Result<GenerateRequest, ApiError> {
-    if let Some(n) = fields.n {
-        if n != 1 {
-            return Err(ApiError::invalid("n", format!("only n=1 is supported, got {n}")));
-        }
+    if let Some(n) = fields.n
+        && n != 1
+    {
+        return Err(ApiError::invalid("n", format!("only n=1 is supported, got {n}")));
     }
     let temperature = fields.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
@@ -43,10 +43,10 @@ pub fn build_request(
     for (name, value) in
         [("frequency_penalty", fields.frequency_penalty), ("presence_penalty", fields.presence_penalty)]
     {
-        if let Some(v) = value {
-            if !(-2.0..=2.0).contains(&v) {
-                return Err(ApiError::invalid(name, format!("{name} must be between -2 and 2, got {v}")));
-            }
+        if let Some(v) = value
+            && !(-2.0..=2.0).contains(&v)
+        {
+            return Err(ApiError::invalid(name, format!("{name} must be between -2 and 2, got {v}")));
         }
     }
     let repetition_penalty = fields.repetition_penalty.unwrap_or(1.0);

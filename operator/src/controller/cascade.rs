@@ -57,10 +57,10 @@ pub async fn reconcile(cascade: Arc<Cascade>, ctx: Arc<Context>) -> Result<Actio
         let api: Api<Cascade> = Api::namespaced(client.clone(), &ns);
         api.patch_status(&cascade.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
             .await?;
-        if is_true(&status.conditions, READY) != is_true(&previous.conditions, READY) {
-            if let Some(ready) = status.conditions.iter().find(|c| c.type_ == READY) {
-                publish(&ctx, cascade.as_ref(), false, &ready.reason, ready.message.clone()).await;
-            }
+        if is_true(&status.conditions, READY) != is_true(&previous.conditions, READY)
+            && let Some(ready) = status.conditions.iter().find(|c| c.type_ == READY)
+        {
+            publish(&ctx, cascade.as_ref(), false, &ready.reason, ready.message.clone()).await;
         }
     }
     let waiting = resolved.iter().any(|s| !s.ready);

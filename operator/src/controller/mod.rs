@@ -97,10 +97,7 @@ impl Error {
 }
 
 /// Shared error policy: count, log, and requeue with the error's backoff.
-pub fn error_policy<K: Resource>(object: &K, error: &Error, ctx: &Context, controller: &str) -> Action
-where
-    K: ResourceExt,
-{
+pub fn error_policy<K: ResourceExt>(object: &K, error: &Error, ctx: &Context, controller: &str) -> Action {
     let reason = error.reason();
     ctx.metrics.errors.get_or_create(&ErrorLabels { controller: controller.into(), reason: reason.into() }).inc();
     tracing::warn!(controller, name = %object.name_any(), reason, error = %error, "reconcile failed");

@@ -198,13 +198,13 @@ pub fn desired_status(
 
 async fn announce(ctx: &Context, model: &Model, before: &ModelStatus, after: &ModelStatus) {
     let was = |s: &ModelStatus, t: &str| find_condition(&s.conditions, t).map(|c| (c.status, c.reason.clone()));
-    if was(before, READY) != was(after, READY) {
-        if let Some(ready) = find_condition(&after.conditions, READY) {
-            let ok = ready.status == hearth_crds::ConditionStatus::True;
-            let warning = !ok
-                && find_condition(&after.conditions, STALLED)
-                    .is_some_and(|c| c.status == hearth_crds::ConditionStatus::True);
-            publish(ctx, model, warning, &ready.reason, ready.message.clone()).await;
-        }
+    if was(before, READY) != was(after, READY)
+        && let Some(ready) = find_condition(&after.conditions, READY)
+    {
+        let ok = ready.status == hearth_crds::ConditionStatus::True;
+        let warning = !ok
+            && find_condition(&after.conditions, STALLED)
+                .is_some_and(|c| c.status == hearth_crds::ConditionStatus::True);
+        publish(ctx, model, warning, &ready.reason, ready.message.clone()).await;
     }
 }
