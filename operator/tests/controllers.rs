@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,19 +108,12 @@ impl Harness {
     }
 
     /// Polls until `check` returns Some, or fails after `seconds`.
-    async fn eventually<T, F, Fut>(&self, what: &str, seconds: u64, mut check: F) -> T
+    async fn eventually<T, F, Fut>(&self, what: &str, seconds: u64, check: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        support::eventually(what, seconds, Duration::from_millis(50), check).await
     }
 
     async fn model_condition(&self, name: &str, type_: &str) -> Option<(ConditionStatus, String, String)> {

@@ -81,6 +81,11 @@ fn encode_prompt(model: &ChatModel, text: &str, add_special: bool) -> Result<Vec
     model.tokenizer.encode(text, add_special).map_err(|e| ApiError::invalid("prompt", e.to_string()))
 }
 
+/// A server-sent-events response for a stream of chunks.
+fn sse_response(stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static, model: &str) -> Response {
+    tag(Sse::new(stream).keep_alive(KeepAlive::default()).into_response(), model)
+}
+
 /// Labels the response with the served model, for the request metrics.
 fn tag(mut response: Response, model: &str) -> Response {
     response.extensions_mut().insert(super::ServedName(model.to_owned()));
@@ -132,7 +137,7 @@ pub async fn chat_completions(
     if request.sampling.stream {
         let include_usage = request.sampling.stream_options.is_some_and(|o| o.include_usage);
         let stream = chat_stream(generation, id, model.name.clone(), request.logprobs, include_usage);
-        return Ok(tag(Sse::new(stream).keep_alive(KeepAlive::default()).into_response(), &model.name));
+        return Ok(sse_response(stream, &model.name));
     }
     let Collected { text, logprobs, reason, prompt_tokens, completion_tokens } = generation.collect().await?;
     let body = ChatCompletion {
@@ -289,7 +294,7 @@ pub async fn completions(
     if request.sampling.stream {
         let include_usage = request.sampling.stream_options.is_some_and(|o| o.include_usage);
         let stream = completion_stream(generation, id, model.name.clone(), wants_logprobs, include_usage);
-        return Ok(tag(Sse::new(stream).keep_alive(KeepAlive::default()).into_response(), &model.name));
+        return Ok(sse_response(stream, &model.name));
     }
     let Collected { text, logprobs, reason, prompt_tokens, completion_tokens } = generation.collect().await?;
     let body = Completion {
