@@ -38,6 +38,14 @@ fn templates() -> (Model, Cascade) {
     (model.expect("model"), cascade.expect("cascade"))
 }
 
+/// How many objects have a status written for some generation.
+async fn count<K>(api: &Api<K>, observed: impl Fn(&K) -> Option<i64>) -> usize
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.list(&Default::default()).await.expect("list").items.iter().filter(|k| observed(k).is_some()).count()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
@@ -67,22 +75,9 @@ async fn main() {
     }
     let created = started.elapsed();
     loop {
-        let done_models = model_api
-            .list(&Default::default())
-            .await
-            .expect("list")
-            .items
-            .iter()
-            .filter(|m| m.status.as_ref().is_some_and(|s| s.observed_generation.is_some()))
-            .count();
-        let done_cascades = cascade_api
-            .list(&Default::default())
-            .await
-            .expect("list")
-            .items
-            .iter()
-            .filter(|c| c.status.as_ref().is_some_and(|s| s.observed_generation.is_some()))
-            .count();
+        let done_models = count(&model_api, |m: &Model| m.status.as_ref().and_then(|s| s.observed_generation)).await;
+        let done_cascades =
+            count(&cascade_api, |c: &Cascade| c.status.as_ref().and_then(|s| s.observed_generation)).await;
         if done_models == models && done_cascades == cascades {
             break;
         }

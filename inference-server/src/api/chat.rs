@@ -135,8 +135,8 @@ pub async fn chat_completions(
     let generation = Generation::start(model.clone(), state.metrics.clone(), engine_request, started)?;
     let id = completion_id("chatcmpl");
     if request.sampling.stream {
-        let include_usage = request.sampling.stream_options.is_some_and(|o| o.include_usage);
-        let stream = chat_stream(generation, id, model.name.clone(), request.logprobs, include_usage);
+        let stream =
+            chat_stream(generation, id, model.name.clone(), request.logprobs, request.sampling.include_usage());
         return Ok(sse_response(stream, &model.name));
     }
     let Collected { text, logprobs, reason, prompt_tokens, completion_tokens } = generation.collect().await?;
@@ -292,8 +292,8 @@ pub async fn completions(
     let generation = Generation::start(model.clone(), state.metrics.clone(), engine_request, started)?;
     let id = completion_id("cmpl");
     if request.sampling.stream {
-        let include_usage = request.sampling.stream_options.is_some_and(|o| o.include_usage);
-        let stream = completion_stream(generation, id, model.name.clone(), wants_logprobs, include_usage);
+        let stream =
+            completion_stream(generation, id, model.name.clone(), wants_logprobs, request.sampling.include_usage());
         return Ok(sse_response(stream, &model.name));
     }
     let Collected { text, logprobs, reason, prompt_tokens, completion_tokens } = generation.collect().await?;

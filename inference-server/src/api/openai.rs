@@ -100,6 +100,13 @@ pub struct SamplingFields {
     pub user: Option<String>,
 }
 
+impl SamplingFields {
+    /// Whether a stream should end with a usage chunk.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+    }
+}
+
 /// `POST /v1/chat/completions`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct ChatCompletionRequest {
