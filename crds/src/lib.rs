@@ -10,6 +10,7 @@ pub mod conditions;
 pub mod knowledge_base;
 pub mod model;
 pub mod references;
+pub mod router;
 pub mod scaling;
 pub mod stack;
 pub mod validation;

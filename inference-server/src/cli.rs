@@ -33,6 +33,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Download model weights into the cache and verify their SHA-256; prints the path.
     Fetch(FetchArgs),
+    /// Route requests through a Cascade: the cheapest stage first, escalating on low confidence.
+    Cascade(CascadeArgs),
 }
 
 /// Flags of `fetch`.
@@ -81,12 +83,9 @@ pub struct ServeArgs {
     /// Serve embeddings instead of chat (implied by a directory or `task: embedding`).
     #[arg(long)]
     pub embedding: bool,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port to listen on.
-    #[arg(long, default_value_t = 8080)]
-    pub port: u16,
+    /// Listening address, API keys and limits.
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// CPU threads for model work (default: all cores, or RAYON_NUM_THREADS).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -109,6 +108,17 @@ pub struct ServeArgs {
     /// Per-request timeout in seconds.
     #[arg(long)]
     pub timeout_seconds: Option<u64>,
+}
+
+/// Flags every listening subcommand shares.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
     /// A file of API keys, one per line; when given, requests need `Authorization: Bearer KEY`.
     #[arg(long, env = "HEARTH_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
@@ -118,6 +128,87 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may run after SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub drain_seconds: u64,
+}
+
+impl HttpArgs {
+    /// The HTTP layer's settings.
+    pub fn api_config(&self) -> anyhow::Result<ApiConfig> {
+        let api_keys = match &self.api_key_file {
+            Some(path) => read_keys(path)?,
+            None => Vec::new(),
+        };
+        Ok(ApiConfig {
+            api_keys,
+            body_limit_bytes: self.max_body_bytes,
+            drain: Duration::from_secs(self.drain_seconds),
+        })
+    }
+
+    /// Binds the listening socket.
+    pub async fn listen(&self) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+        let addr: SocketAddr =
+            format!("{}:{}", self.host, self.port).parse().context("--host/--port do not form an address")?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        Ok((listener, addr))
+    }
+}
+
+/// Reads a key file: one key per line, blank lines and `#` comments skipped.
+fn read_keys(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the API key file {}", path.display()))?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Flags of `cascade`.
+#[derive(Debug, Args)]
+pub struct CascadeArgs {
+    /// The router configuration (`router.yaml`, as the operator writes it).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// A file whose first key is sent to every stage as `Authorization: Bearer KEY`.
+    #[arg(long, env = "HEARTH_UPSTREAM_API_KEY_FILE")]
+    pub upstream_api_key_file: Option<PathBuf>,
+    /// Listening address, API keys and limits.
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// Reads a router configuration file.
+pub fn read_router_config(path: &std::path::Path) -> anyhow::Result<hearth_crds::router::RouterConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if text.lines().any(|l| l.trim_start().starts_with("kind:")) {
+        bail!(
+            "{} is a Kubernetes resource; `cascade` reads the router configuration the operator writes \
+             (`hearth-server up -f stack.yaml` serves a Cascade from a stack file)",
+            path.display()
+        );
+    }
+    serde_yaml::from_str(&text).with_context(|| format!("{}: not a router configuration", path.display()))
+}
+
+/// Runs `cascade`: routes requests through the stages until SIGTERM or Ctrl-C.
+pub async fn cascade(args: CascadeArgs) -> anyhow::Result<()> {
+    let config = read_router_config(&args.config)?;
+    let upstream_key = match &args.upstream_api_key_file {
+        Some(path) => read_keys(path)?.into_iter().next(),
+        None => None,
+    };
+    let registry = Arc::new(Registry::default());
+    registry.set_ready(true);
+    let name = config.name.clone();
+    let stages: Vec<String> = config.stages.iter().map(|s| format!("{} at {}", s.model, s.endpoint)).collect();
+    let state = AppState::new(registry, args.http.api_config()?).with_cascades(|metrics| {
+        crate::cascade::CascadeRouter::new(config, metrics.clone(), upstream_key).map(|r| vec![r])
+    })?;
+    let (listener, addr) = args.http.listen().await?;
+    tracing::info!(%addr, cascade = %name, stages = ?stages, "routing");
+    api::serve(listener, state, shutdown_signal()).await?;
+    Ok(())
 }
 
 /// What `serve` resolved from its flags and config.
@@ -210,24 +301,6 @@ impl ServeArgs {
             .unwrap_or_else(|| "model".into());
         Ok(ServePlan { name, path, task, limits, device: self.device.clone() })
     }
-
-    fn api_config(&self) -> anyhow::Result<ApiConfig> {
-        let api_keys = match &self.api_key_file {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the API key file {}", path.display()))?
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_owned)
-                .collect(),
-            None => Vec::new(),
-        };
-        Ok(ApiConfig {
-            api_keys,
-            body_limit_bytes: self.max_body_bytes,
-            drain: Duration::from_secs(self.drain_seconds),
-        })
-    }
 }
 
 /// Loads the planned model into the registry (on a blocking thread) and marks it ready.
@@ -258,10 +331,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let plan = args.plan()?;
     let registry = Arc::new(Registry::default());
-    let state = AppState::new(registry.clone(), args.api_config()?);
-    let addr: SocketAddr =
-        format!("{}:{}", args.host, args.port).parse().context("--host/--port do not form an address")?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let state = AppState::new(registry.clone(), args.http.api_config()?);
+    let (listener, addr) = args.http.listen().await?;
     tracing::info!(%addr, model = %plan.name, path = %plan.path.display(), "listening; loading the model");
     let loader = {
         let registry = registry.clone();

@@ -1,9 +1,11 @@
 //! hearth-server: candle backends behind an OpenAI-compatible API.
 //!
-//! Layers point one way: api → registry → engine → backend.
+//! Layers point one way: api → registry → engine → backend; api → cascade, whose stages are
+//! other OpenAI endpoints (or this process's own).
 
 pub mod api;
 pub mod backend;
+pub mod cascade;
 pub mod cli;
 pub mod engine;
 pub mod fetch;

@@ -46,5 +46,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => hearth_server::cli::serve(args).await,
         Command::Fetch(args) => hearth_server::cli::fetch(args).await,
+        Command::Cascade(args) => hearth_server::cli::cascade(args).await,
     }
 }

@@ -14,8 +14,9 @@ use futures_util::Stream;
 use super::error::ApiError;
 use super::generation::{Collected, Generation, Piece, PieceLogprob, build_request};
 use super::openai::*;
-use super::{AppState, OpenAiJson, unix_now};
+use super::{AppState, RawBody, parse_body, unix_now};
 use crate::backend::chat_template::ChatMessage;
+use crate::cascade::Route;
 use crate::registry::{ChatModel, ServedModel};
 
 fn chat_model(state: &AppState, name: &str) -> Result<Arc<ChatModel>, ApiError> {
@@ -113,12 +114,29 @@ fn usage(prompt_tokens: usize, completion_tokens: usize) -> Usage {
     Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
 }
 
-/// `POST /v1/chat/completions`.
-pub async fn chat_completions(
-    State(state): State<AppState>,
-    OpenAiJson(request): OpenAiJson<ChatCompletionRequest>,
-) -> Result<Response, ApiError> {
+/// `POST /v1/chat/completions`: a cascade's when the model names one, else a local model's.
+pub async fn chat_route(State(state): State<AppState>, RawBody(body): RawBody) -> Result<Response, ApiError> {
     let started = Instant::now();
+    if let Some(cascade) = state.cascade_for(&body) {
+        return Ok(cascade.handle(Route::Chat, parse_body(&body)?).await);
+    }
+    chat_completions(state, parse_body(&body)?, started).await
+}
+
+/// `POST /v1/completions`: a cascade's when the model names one, else a local model's.
+pub async fn completion_route(State(state): State<AppState>, RawBody(body): RawBody) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    if let Some(cascade) = state.cascade_for(&body) {
+        return Ok(cascade.handle(Route::Completion, parse_body(&body)?).await);
+    }
+    completions(state, parse_body(&body)?, started).await
+}
+
+async fn chat_completions(
+    state: AppState,
+    request: ChatCompletionRequest,
+    started: Instant,
+) -> Result<Response, ApiError> {
     let model = chat_model(&state, &request.model)?;
     let top_logprobs = request.top_logprobs.unwrap_or(0);
     if !(0..=20).contains(&top_logprobs) {
@@ -258,12 +276,7 @@ fn chat_stream(
     })
 }
 
-/// `POST /v1/completions`.
-pub async fn completions(
-    State(state): State<AppState>,
-    OpenAiJson(request): OpenAiJson<CompletionRequest>,
-) -> Result<Response, ApiError> {
-    let started = Instant::now();
+async fn completions(state: AppState, request: CompletionRequest, started: Instant) -> Result<Response, ApiError> {
     let model = chat_model(&state, &request.model)?;
     if request.echo {
         return Err(ApiError::invalid("echo", "echo is not supported"));

@@ -47,6 +47,9 @@ pub enum ApiError {
     /// The server is still loading its models.
     #[error("the server is still loading its models; retry shortly")]
     NotReady,
+    /// Nothing could answer (every stage of a cascade failed).
+    #[error("{0}")]
+    Unavailable(String),
     /// Something broke inside the server.
     #[error("internal error: {0}")]
     Internal(String),
@@ -75,6 +78,7 @@ impl ApiError {
             }
             Self::Engine(EngineError::EmptyPrompt) => (S::BAD_REQUEST, "invalid_request_error", Some("empty_prompt")),
             Self::Engine(EngineError::Timeout) => (S::GATEWAY_TIMEOUT, "timeout_error", Some("timeout")),
+            Self::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "server_error", Some("no_stage_available")),
             Self::Engine(EngineError::ShuttingDown) | Self::NotReady => {
                 (S::SERVICE_UNAVAILABLE, "server_error", Some("unavailable"))
             }

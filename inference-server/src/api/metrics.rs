@@ -49,6 +49,8 @@ pub struct Metrics {
     pub inflight_requests: Family<ModelLabels, Gauge>,
     /// Sequences in the running batch.
     pub batch_size: Family<ModelLabels, Gauge>,
+    /// The cascade router's metrics.
+    pub cascade: crate::cascade::metrics::CascadeMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -92,6 +94,7 @@ impl Default for Metrics {
             inflight_requests.clone(),
         );
         registry.register("hearth_server_batch_size", "Sequences in the running batch", batch_size.clone());
+        let cascade = crate::cascade::metrics::CascadeMetrics::register(&mut registry);
         Self {
             registry,
             requests,
@@ -103,6 +106,7 @@ impl Default for Metrics {
             queue_depth,
             inflight_requests,
             batch_size,
+            cascade,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod generation;
 pub mod metrics;
 pub mod openai;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,6 +26,8 @@ use error::ApiError;
 use metrics::{Metrics, RequestLabels};
 use openai::{ModelCard, ModelList};
 
+use crate::cascade::metrics::CascadeMetrics;
+use crate::cascade::{CascadeReport, CascadeRouter};
 use crate::registry::{Registry, ServedModel};
 
 /// Settings of the HTTP layer.
@@ -53,12 +56,42 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// HTTP settings.
     pub config: Arc<ApiConfig>,
+    /// Cascades served, by name (what clients pass as `model`).
+    pub cascades: Arc<BTreeMap<String, Arc<CascadeRouter>>>,
 }
 
 impl AppState {
     /// State over a registry.
     pub fn new(registry: Arc<Registry>, config: ApiConfig) -> Self {
-        Self { registry, metrics: Arc::new(Metrics::default()), config: Arc::new(config) }
+        Self {
+            registry,
+            metrics: Arc::new(Metrics::default()),
+            config: Arc::new(config),
+            cascades: Arc::new(BTreeMap::new()),
+        }
+    }
+
+    /// Adds cascades, built by `build` from the state's metrics.
+    pub fn with_cascades<E>(
+        mut self,
+        build: impl FnOnce(&CascadeMetrics) -> Result<Vec<CascadeRouter>, E>,
+    ) -> Result<Self, E> {
+        let routers = build(&self.metrics.cascade)?;
+        self.cascades = Arc::new(routers.into_iter().map(|r| (r.name().to_owned(), Arc::new(r))).collect());
+        Ok(self)
+    }
+
+    /// The cascade a request body names as its `model`, if any.
+    fn cascade_for(&self, body: &[u8]) -> Option<Arc<CascadeRouter>> {
+        #[derive(serde::Deserialize)]
+        struct Target {
+            model: String,
+        }
+        if self.cascades.is_empty() {
+            return None;
+        }
+        let target: Target = serde_json::from_slice(body).ok()?;
+        self.cascades.get(&target.model).cloned()
     }
 }
 
@@ -95,14 +128,45 @@ where
 #[derive(Clone, Copy)]
 struct BodyLimit(usize);
 
+/// The raw request body, with an OpenAI-shaped 413 when it is too large. The completion
+/// routes read it raw so that a cascade can pass the client's fields through untouched.
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
+        match axum::body::Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(Self(bytes)),
+            Err(rejection) => {
+                let error = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge { limit_bytes: limit }
+                } else {
+                    ApiError::InvalidRequest { message: rejection.body_text(), param: None }
+                };
+                Err(error.into_response())
+            }
+        }
+    }
+}
+
+/// Parses a JSON body; the error names the field that is wrong.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    Json::<T>::from_bytes(body)
+        .map(|Json(value)| value)
+        .map_err(|rejection| ApiError::InvalidRequest { message: rejection.body_text(), param: None })
+}
+
 /// The router with every route.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit_bytes;
     let v1 = Router::new()
-        .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/completions", post(chat::completions))
+        .route("/v1/chat/completions", post(chat::chat_route))
+        .route("/v1/completions", post(chat::completion_route))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(list_models))
+        .route("/cascades", get(list_cascades))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .merge(v1)
@@ -168,8 +232,19 @@ async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
         .all()
         .into_iter()
         .map(|(id, m)| ModelCard { id, object: "model".into(), created: m.created(), owned_by: "hearth".into() })
+        .chain(state.cascades.keys().map(|name| ModelCard {
+            id: name.clone(),
+            object: "model".into(),
+            created: 0,
+            owned_by: "hearth-cascade".into(),
+        }))
         .collect();
     Json(ModelList { object: "list".into(), data })
+}
+
+/// `GET /cascades`: each cascade's escalation ratio and budget, for the operator's status.
+async fn list_cascades(State(state): State<AppState>) -> Json<Vec<CascadeReport>> {
+    Json(state.cascades.values().map(|c| c.report()).collect())
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {

@@ -24,8 +24,9 @@ mod server;
 
 pub use autoscaling::scaled_object_resource;
 pub use cache::{served_path, weights_format};
-pub use cascade::{CascadeObjects, ResolvedStage, RouterConfig, RouterStage, desired_cascade_objects, router_config};
+pub use cascade::{CascadeObjects, ResolvedStage, desired_cascade_objects, router_config};
 pub use context::BuildContext;
+pub use hearth_crds::router::{RouterConfig, RouterStage};
 pub use metadata::{
     CASCADE_LABEL, HTTP_PORT, MODEL_LABEL, cascade_endpoint, client_label, model_endpoint, service_endpoint,
 };
