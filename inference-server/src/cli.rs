@@ -1,5 +1,6 @@
 //! The `hearth-server` command line: parse flags, build the pieces, hand over.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub enum Command {
     Fetch(FetchArgs),
     /// Route requests through a Cascade: the cheapest stage first, escalating on low confidence.
     Cascade(CascadeArgs),
+    /// Serve a whole stack (Models, Cascades) from one process: the YAML a cluster takes.
+    Up(UpArgs),
 }
 
 /// Flags of `fetch`.
@@ -149,7 +152,8 @@ impl HttpArgs {
         let addr: SocketAddr =
             format!("{}:{}", self.host, self.port).parse().context("--host/--port do not form an address")?;
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        Ok((listener, addr))
+        let bound = listener.local_addr().with_context(|| format!("cannot read the address bound for {addr}"))?;
+        Ok((listener, bound))
     }
 }
 
@@ -212,7 +216,7 @@ pub async fn cascade(args: CascadeArgs) -> anyhow::Result<()> {
 }
 
 /// What `serve` resolved from its flags and config.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ServePlan {
     /// Served name.
     pub name: String,
@@ -303,22 +307,34 @@ impl ServeArgs {
     }
 }
 
-/// Loads the planned model into the registry (on a blocking thread) and marks it ready.
-pub fn load_into(registry: &Registry, plan: &ServePlan) -> anyhow::Result<()> {
-    let device = open_device(&plan.device)?;
-    tracing::info!(device = ?device, "compute device");
+/// Loads one planned model on `device`.
+fn load_served(plan: &ServePlan, device: &candle_core::Device) -> anyhow::Result<ServedModel> {
     let started = std::time::Instant::now();
     let served = match plan.task {
         ModelTask::Chat => {
-            ServedModel::Chat(Arc::new(ChatModel::load_gguf(&plan.name, &plan.path, plan.limits.clone(), &device)?))
+            ServedModel::Chat(Arc::new(ChatModel::load_gguf(&plan.name, &plan.path, plan.limits.clone(), device)?))
         }
         ModelTask::Embedding => {
-            ServedModel::Embedding(Arc::new(EmbeddingService::load(&plan.name, &plan.path, &plan.limits, &device)?))
+            ServedModel::Embedding(Arc::new(EmbeddingService::load(&plan.name, &plan.path, &plan.limits, device)?))
         }
     };
-    registry.insert(&plan.name, served);
-    registry.set_ready(true);
     tracing::info!(model = %plan.name, seconds = started.elapsed().as_secs_f64(), "model loaded");
+    Ok(served)
+}
+
+/// Loads the planned models into the registry (call on a blocking thread), then marks it ready.
+pub fn load_into(registry: &Registry, plans: &[ServePlan]) -> anyhow::Result<()> {
+    let mut devices: BTreeMap<String, candle_core::Device> = BTreeMap::new();
+    for plan in plans {
+        if !devices.contains_key(&plan.device) {
+            let device = open_device(&plan.device)?;
+            tracing::info!(device = ?device, "compute device");
+            devices.insert(plan.device.clone(), device);
+        }
+        let served = load_served(plan, &devices[&plan.device]).with_context(|| format!("loading `{}`", plan.name))?;
+        registry.insert(&plan.name, served);
+    }
+    registry.set_ready(true);
     Ok(())
 }
 
@@ -336,7 +352,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, model = %plan.name, path = %plan.path.display(), "listening; loading the model");
     let loader = {
         let registry = registry.clone();
-        tokio::task::spawn_blocking(move || load_into(&registry, &plan))
+        tokio::task::spawn_blocking(move || load_into(&registry, std::slice::from_ref(&plan)))
     };
     let server = tokio::spawn(api::serve(listener, state, shutdown_signal()));
     match loader.await {
@@ -379,4 +395,135 @@ pub fn init_logging() {
     } else {
         builder.init();
     }
+}
+
+/// Flags of `up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The stack: multi-document YAML of Model, Cascade, KnowledgeBase and Agent resources.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// The model cache, where remote weights are fetched and what `${HEARTH_MODELS}` means in
+    /// the stack (default: $HEARTH_CACHE/models, else ~/.cache/hearth/models).
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+    /// CPU threads for model work (default: all cores, or RAYON_NUM_THREADS).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Where models run: cpu, cuda, metal or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Listening address, API keys and limits.
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// The base URL this process reaches itself at (a wildcard address becomes loopback).
+fn self_base(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        if addr.is_ipv4() { std::net::IpAddr::from([127, 0, 0, 1]) } else { std::net::Ipv6Addr::LOCALHOST.into() }
+    } else {
+        addr.ip()
+    };
+    format!("http://{}/v1", SocketAddr::new(ip, addr.port()))
+}
+
+/// Runs `up`: validates the stack, fetches missing weights, listens, loads every model, then
+/// serves Models and Cascades on one port until SIGTERM or Ctrl-C.
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    if let Some(threads) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("cannot size the thread pool")?;
+    }
+    let shown = args.file.display().to_string();
+    let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {shown}"))?;
+    let resources = hearth_crds::parse_stack(&text, &shown)?;
+    let models_dir = args.models_dir.clone().unwrap_or_else(crate::fetch::model_cache_dir);
+    let stack = crate::local::stack_models(&resources);
+    let plan = crate::local::plan(resources, &models_dir)?;
+    if plan.models.is_empty() {
+        bail!("{shown} holds no Model: nothing to serve");
+    }
+    for reason in &plan.skipped {
+        tracing::warn!("not served: {reason}");
+    }
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut loads = Vec::with_capacity(plan.models.len());
+    for model in &plan.models {
+        let path = crate::local::materialize(model, &models_dir, progress).await?;
+        loads.push(ServePlan {
+            name: model.name.clone(),
+            path,
+            task: model.task,
+            limits: model.limits.clone(),
+            device: args.device.clone(),
+        });
+    }
+
+    let api_config = args.http.api_config()?;
+    // The cascades call this process's own routes, with its own key when keys are required.
+    let self_key = api_config.api_keys.first().cloned();
+    let (listener, addr) = args.http.listen().await?;
+    let base = self_base(addr);
+    let routers = plan.routers(&base, &stack);
+    let registry = Arc::new(Registry::default());
+    let state = AppState::new(registry.clone(), api_config).with_cascades(|metrics| {
+        routers
+            .into_iter()
+            .map(|config| crate::cascade::CascadeRouter::new(config, metrics.clone(), self_key.clone()))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    tracing::info!(%addr, models = loads.len(), cascades = plan.cascades.len(), "listening; loading the models");
+    let server = tokio::spawn(api::serve(listener, state, shutdown_signal()));
+    let loader = {
+        let registry = registry.clone();
+        let loads = loads.clone();
+        tokio::task::spawn_blocking(move || load_into(&registry, &loads))
+    };
+    match loader.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(e) => bail!("the loader panicked: {e}"),
+    }
+    println!("{}", up_banner(&base, &loads, &plan));
+    server.await.context("the server task failed")??;
+    Ok(())
+}
+
+/// What `up` prints once everything is loaded: what is served and how to reach it.
+fn up_banner(base: &str, loads: &[ServePlan], plan: &crate::local::StackPlan) -> String {
+    let names = |task: ModelTask| -> Vec<&str> {
+        loads.iter().filter(|l| l.task == task).map(|l| l.name.as_str()).collect()
+    };
+    let mut out = format!("Hearth is up: {base}\n");
+    let chat = names(ModelTask::Chat);
+    if !chat.is_empty() {
+        out.push_str(&format!("  chat models:      {}\n", chat.join(", ")));
+    }
+    let embedding = names(ModelTask::Embedding);
+    if !embedding.is_empty() {
+        out.push_str(&format!("  embedding models: {}\n", embedding.join(", ")));
+    }
+    for cascade in &plan.cascades {
+        let stages: Vec<&str> = cascade.spec.stages.iter().map(|s| s.model.as_str()).collect();
+        out.push_str(&format!(
+            "  cascade:          {} ({})\n",
+            cascade.metadata.name.as_deref().unwrap_or_default(),
+            stages.join(" → ")
+        ));
+    }
+    for reason in &plan.skipped {
+        out.push_str(&format!("  not served:       {reason}\n"));
+    }
+    let example = plan
+        .cascades
+        .first()
+        .and_then(|c| c.metadata.name.clone())
+        .or_else(|| chat.first().map(|s| (*s).to_owned()))
+        .unwrap_or_default();
+    out.push_str(&format!(
+        "Point an OpenAI client at it:\n  export OPENAI_BASE_URL={base} OPENAI_API_KEY=unused\n  \
+         curl {base}/chat/completions -H 'Content-Type: application/json' \\\n    \
+         -d '{{\"model\": \"{example}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'"
+    ));
+    out
 }

@@ -5,9 +5,12 @@ use hearth_server::cli::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Serve(args) = &cli.command
-        && let Some(threads) = args.threads
-    {
+    let threads = match &cli.command {
+        Command::Serve(args) => args.threads,
+        Command::Up(args) => args.threads,
+        _ => None,
+    };
+    if let Some(threads) = threads {
         pin_threads(threads)?;
     }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cli))
@@ -47,5 +50,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => hearth_server::cli::serve(args).await,
         Command::Fetch(args) => hearth_server::cli::fetch(args).await,
         Command::Cascade(args) => hearth_server::cli::cascade(args).await,
+        Command::Up(args) => hearth_server::cli::up(args).await,
     }
 }

@@ -12,6 +12,11 @@ use super::openai::SamplingFields;
 use crate::engine::{EngineError, Event, FinishReason, GenerateRequest, SamplingParams};
 use crate::registry::ChatModel;
 
+/// top_p when a request does not set it.
+pub const DEFAULT_TOP_P: f32 = 0.95;
+/// top_k when a request does not set it (0 turns it off).
+pub const DEFAULT_TOP_K: i64 = 40;
+
 /// Builds the engine request from the shared sampling fields, validating each one.
 pub fn build_request(
     model: &ChatModel,
@@ -32,11 +37,13 @@ pub fn build_request(
             format!("temperature must be between 0 and 2, got {temperature}"),
         ));
     }
-    let top_p = fields.top_p.unwrap_or(1.0);
+    // Unset top_p and top_k default to llama.cpp's server defaults: small models sampled
+    // from their whole vocabulary at temperature 1 drift into noise within a few tokens.
+    let top_p = fields.top_p.unwrap_or(DEFAULT_TOP_P);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::invalid("top_p", format!("top_p must be in (0, 1], got {top_p}")));
     }
-    let top_k = fields.top_k.unwrap_or(0);
+    let top_k = fields.top_k.unwrap_or(DEFAULT_TOP_K);
     if top_k < 0 {
         return Err(ApiError::invalid("top_k", format!("top_k must be 0 (off) or positive, got {top_k}")));
     }
