@@ -12,6 +12,8 @@ pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 /// The controller cannot make progress without a change to the spec or the cluster.
 pub const STALLED: &str = "Stalled";
+/// A Cascade escalates more requests than its maxEscalationRatio allows (it keeps serving).
+pub const ESCALATION_BUDGET_EXCEEDED: &str = "EscalationBudgetExceeded";
 
 /// The status of a condition, as in `metav1.ConditionStatus`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

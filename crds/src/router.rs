@@ -44,3 +44,23 @@ pub struct RouterStage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<TokenCost>,
 }
+
+/// A cascade's escalation budget as its router sees it (`GET /cascades` on the router), read
+/// by the operator into the Cascade's status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouterReport {
+    /// The Cascade.
+    pub name: String,
+    /// Its stages' Models, cheapest first.
+    pub stages: Vec<String>,
+    /// Escalated share of the requests in the window.
+    pub escalation_ratio: f64,
+    /// Requests in the window.
+    pub window_requests: usize,
+    /// The window's size.
+    pub escalation_window: u32,
+    /// The budget, if any.
+    pub max_escalation_ratio: Option<f64>,
+    /// Whether the ratio is above the budget.
+    pub budget_exceeded: bool,
+}

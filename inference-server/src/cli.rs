@@ -491,9 +491,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 /// What `up` prints once everything is loaded: what is served and how to reach it.
 fn up_banner(base: &str, loads: &[ServePlan], plan: &crate::local::StackPlan) -> String {
-    let names = |task: ModelTask| -> Vec<&str> {
-        loads.iter().filter(|l| l.task == task).map(|l| l.name.as_str()).collect()
-    };
+    let names =
+        |task: ModelTask| -> Vec<&str> { loads.iter().filter(|l| l.task == task).map(|l| l.name.as_str()).collect() };
     let mut out = format!("Hearth is up: {base}\n");
     let chat = names(ModelTask::Chat);
     if !chat.is_empty() {

@@ -78,11 +78,7 @@ fn model_name(model: &Model) -> String {
 /// `models_dir` is what `${HEARTH_MODELS}` expands to.
 pub fn plan(resources: Vec<Resource>, models_dir: &Path) -> anyhow::Result<StackPlan> {
     let lookup = |name: &str| {
-        if name == "HEARTH_MODELS" {
-            Some(models_dir.display().to_string())
-        } else {
-            std::env::var(name).ok()
-        }
+        if name == "HEARTH_MODELS" { Some(models_dir.display().to_string()) } else { std::env::var(name).ok() }
     };
     let mut models = Vec::new();
     let mut cascades = Vec::new();
@@ -121,14 +117,14 @@ pub fn plan(resources: Vec<Resource>, models_dir: &Path) -> anyhow::Result<Stack
     for cascade in &cascades {
         let name = cascade.metadata.name.clone().unwrap_or_default();
         if models.iter().any(|m| m.name == name) {
-            errors.push(format!("Cascade `{name}`: metadata.name: a Model has this name; clients could not tell them apart"));
+            errors.push(format!(
+                "Cascade `{name}`: metadata.name: a Model has this name; clients could not tell them apart"
+            ));
         }
         for (i, stage) in cascade.spec.stages.iter().enumerate() {
             match models.iter().find(|m| m.name == stage.model) {
-                None => errors.push(format!(
-                    "Cascade `{name}`: spec.stages[{i}].model: no Model `{}` in the stack",
-                    stage.model
-                )),
+                None => errors
+                    .push(format!("Cascade `{name}`: spec.stages[{i}].model: no Model `{}` in the stack", stage.model)),
                 Some(m) if m.task != ModelTask::Chat => errors.push(format!(
                     "Cascade `{name}`: spec.stages[{i}].model: `{}` is an embedding model; stages must be chat models",
                     stage.model

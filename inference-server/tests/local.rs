@@ -83,8 +83,15 @@ async fn the_local_quickstart_serves_models_embeddings_and_the_cascade() {
     let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(text.contains("Paris"), "both stages know this one: {text}");
 
-    let direct: Value =
-        client.post(format!("{base}/chat/completions")).json(&ask("gemma3-270m")).send().await.unwrap().json().await.unwrap();
+    let direct: Value = client
+        .post(format!("{base}/chat/completions"))
+        .json(&ask("gemma3-270m"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(direct["model"], "gemma3-270m");
 
     let embedded: Value = client

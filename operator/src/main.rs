@@ -74,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         build.server_image_cuda = image;
     }
     build.storage_class = flags.storage_class;
+    build.operator_namespace = Some(flags.lease_namespace.clone());
     if let Some(name) = &flags.profiles_configmap {
         let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &flags.lease_namespace);
         let cm = cms.get(name).await.with_context(|| format!("cannot read the profiles ConfigMap {name}"))?;

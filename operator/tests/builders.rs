@@ -915,6 +915,24 @@ fn cascade_router_reads_resolved_endpoints_and_is_admitted_by_its_models() {
 }
 
 #[test]
+fn the_operator_may_read_routers_but_not_model_servers() {
+    let mut with_operator = ctx();
+    with_operator.operator_namespace = Some("hearth-system".into());
+    let router =
+        json(&desired_cascade_objects(&support(), &support_stages(), &with_operator).expect("objects").network_policy);
+    let rules = router["spec"]["ingress"].as_array().expect("rules");
+    let operator = rules
+        .iter()
+        .find(|r| r["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "hearth-system")
+        .expect("a rule for the operator's namespace");
+    assert_eq!(operator["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"], "operator");
+    assert_eq!(operator["ports"][0]["port"], 8080);
+    let server = json(&build(&gemma(), &with_operator).network_policy);
+    let text = server.to_string();
+    assert!(!text.contains("hearth-system"), "model servers admit no operator traffic: {text}");
+}
+
+#[test]
 fn cascade_router_rolls_only_when_routing_changes() {
     let hash = |cascade: &Cascade, stages: &[ResolvedStage]| {
         let objects = desired_cascade_objects(cascade, stages, &ctx()).expect("objects");

@@ -5,10 +5,11 @@
 
 mod support;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hearth_crds::conditions::{READY, STALLED, find_condition};
+use hearth_crds::conditions::{ESCALATION_BUDGET_EXCEEDED, READY, STALLED, find_condition};
+use hearth_crds::router::RouterReport;
 use hearth_crds::{Cascade, ConditionStatus, Model, Resource as StackResource, parse_stack};
 use hearth_operator::builders::BuildContext;
 use hearth_operator::controller::{self, Context};
@@ -56,6 +57,8 @@ struct Harness {
     client: Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    /// What the Cascade routers report when the operator reads them.
+    reports: Arc<Mutex<Vec<RouterReport>>>,
 }
 
 impl Harness {
@@ -77,17 +80,27 @@ impl Harness {
             )
             .await;
         let task_client = client.clone();
+        let reports: Arc<Mutex<Vec<RouterReport>>> = Arc::default();
         let metrics = Arc::new(Metrics::default());
         let task_metrics = metrics.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let probe_reports = reports.clone();
         let task = tokio::spawn(async move {
-            let ctx = Arc::new(Context::new(task_client, BuildContext::new(), task_metrics));
+            let probe: controller::RouterProbe = Arc::new(move |url: String| {
+                let reports = probe_reports.clone();
+                Box::pin(async move {
+                    assert!(url.ends_with(".svc.cluster.local:8080/cascades"), "probed {url}");
+                    let reports = reports.lock().unwrap().clone();
+                    (!reports.is_empty()).then_some(reports)
+                })
+            });
+            let ctx = Arc::new(Context::new(task_client, BuildContext::new(), task_metrics).with_router_probe(probe));
             controller::run(ctx, None, async {
                 let _ = stopped.await;
             })
             .await;
         });
-        Self { server, metrics, client, stop: Some(stop), task }
+        Self { server, metrics, client, stop: Some(stop), task, reports }
     }
 
     /// Stops the operator (as a crash would: no cleanup) and waits for it to end.
@@ -355,6 +368,16 @@ async fn a_cascade_waits_for_its_models_and_follows_their_readiness() {
         .await;
         h.make_ready(&format!("{name}-server")).await;
     }
+    // The router reports 70% of its last 200 requests escalated, over the 50% budget.
+    *h.reports.lock().unwrap() = vec![RouterReport {
+        name: "support".into(),
+        stages: vec!["gemma3-270m".into(), "qwen-coder-1-5b".into()],
+        escalation_ratio: 0.7,
+        window_requests: 200,
+        escalation_window: 1000,
+        max_escalation_ratio: Some(0.5),
+        budget_exceeded: true,
+    }];
     h.make_ready("support-router").await;
     let (status, _, message) = h
         .eventually("Cascade Ready", 30, || async { cascade_ready().await.filter(|c| c.0 == ConditionStatus::True) })
@@ -362,6 +385,10 @@ async fn a_cascade_waits_for_its_models_and_follows_their_readiness() {
     assert_eq!(status, ConditionStatus::True);
     assert!(message.contains("gemma3-270m → qwen-coder-1-5b"), "{message}");
     let c = h.api::<Cascade>().get("support").await.unwrap();
-    let stages = c.status.unwrap().stages;
-    assert!(stages.iter().all(|s| s.ready && s.endpoint.is_some()));
+    let status = c.status.unwrap();
+    assert!(status.stages.iter().all(|s| s.ready && s.endpoint.is_some()));
+    assert_eq!(status.observed_escalation_ratio, Some(0.7));
+    let budget = find_condition(&status.conditions, ESCALATION_BUDGET_EXCEEDED).expect("the budget condition");
+    assert_eq!(budget.status, ConditionStatus::True);
+    assert_eq!(budget.message, "70.0% of the last 200 requests escalated past the first stage; the budget is 50.0%");
 }

@@ -26,9 +26,10 @@ use error::ApiError;
 use metrics::{Metrics, RequestLabels};
 use openai::{ModelCard, ModelList};
 
+use crate::cascade::CascadeRouter;
 use crate::cascade::metrics::CascadeMetrics;
-use crate::cascade::{CascadeReport, CascadeRouter};
 use crate::registry::{Registry, ServedModel};
+use hearth_crds::router::RouterReport;
 
 /// Settings of the HTTP layer.
 #[derive(Clone, Debug)]
@@ -243,7 +244,7 @@ async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
 }
 
 /// `GET /cascades`: each cascade's escalation ratio and budget, for the operator's status.
-async fn list_cascades(State(state): State<AppState>) -> Json<Vec<CascadeReport>> {
+async fn list_cascades(State(state): State<AppState>) -> Json<Vec<RouterReport>> {
     Json(state.cascades.values().map(|c| c.report()).collect())
 }
 

@@ -22,7 +22,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use hearth_crds::router::{RouterConfig, RouterStage};
+use hearth_crds::router::{RouterConfig, RouterReport, RouterStage};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -138,25 +138,6 @@ pub struct Attempt {
     pub latency_ms: u64,
 }
 
-/// A cascade's escalation budget as the router sees it (`GET /cascades`).
-#[derive(Clone, Debug, Serialize)]
-pub struct CascadeReport {
-    /// The Cascade.
-    pub name: String,
-    /// Its stages' Models, cheapest first.
-    pub stages: Vec<String>,
-    /// Escalated share of the requests in the window.
-    pub escalation_ratio: f64,
-    /// Requests in the window.
-    pub window_requests: usize,
-    /// The window's size.
-    pub escalation_window: u32,
-    /// The budget, if any.
-    pub max_escalation_ratio: Option<f64>,
-    /// Whether the ratio is above the budget.
-    pub budget_exceeded: bool,
-}
-
 /// Token counts of one stage call, for cost accounting.
 #[derive(Clone, Copy, Debug, Default)]
 struct Tokens {
@@ -208,10 +189,10 @@ impl CascadeRouter {
     }
 
     /// The escalation budget's state.
-    pub fn report(&self) -> CascadeReport {
+    pub fn report(&self) -> RouterReport {
         let state =
             self.window.lock().map(|w| w.state()).unwrap_or(BudgetState { ratio: 0.0, requests: 0, exceeded: false });
-        CascadeReport {
+        RouterReport {
             name: self.config.name.clone(),
             stages: self.config.stages.iter().map(|s| s.model.clone()).collect(),
             escalation_ratio: state.ratio,

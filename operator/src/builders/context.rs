@@ -26,6 +26,9 @@ pub struct BuildContext {
     /// Labels of the namespace Prometheus scrapes from; the servers admit its traffic. Empty
     /// means no monitoring rule in the NetworkPolicy.
     pub monitoring_namespace_labels: BTreeMap<String, String>,
+    /// The operator's namespace: its pods may reach Cascade routers, to read their escalation
+    /// ratio into the Cascade's status. `None` adds no such rule.
+    pub operator_namespace: Option<String>,
     /// The cluster's DNS domain, for endpoint URLs.
     pub cluster_domain: String,
     /// Hardware profiles models are sized against.
@@ -50,6 +53,7 @@ impl BuildContext {
                 "kubernetes.io/metadata.name".to_owned(),
                 "monitoring".to_owned(),
             )]),
+            operator_namespace: None,
             cluster_domain: "cluster.local".into(),
             profiles: builtin_profiles(),
         }

@@ -12,8 +12,9 @@ use super::BuildContext;
 use super::metadata::{HTTP_PORT, Owner, client_label};
 
 /// Ingress to the owner's pods only from pods in the same namespace labelled
-/// `hearth.dev/client-of-<owner>: "true"`, and from the monitoring namespace; egress is left
-/// open (the fetch step downloads weights).
+/// `hearth.dev/client-of-<owner>: "true"`, from the monitoring namespace, and, for Cascade
+/// routers, from the operator (it reads their escalation ratio); egress is left open (the
+/// fetch step downloads weights).
 pub(crate) fn desired_network_policy(
     owner: &Owner,
     name: String,
@@ -40,6 +41,22 @@ pub(crate) fn desired_network_policy(
         rules.push(NetworkPolicyIngressRule {
             from: Some(vec![NetworkPolicyPeer {
                 namespace_selector: Some(selector(ctx.monitoring_namespace_labels.clone())),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: port(),
+        });
+    }
+    if let Some(namespace) = ctx.operator_namespace.as_ref().filter(|_| component == "router") {
+        rules.push(NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                namespace_selector: Some(selector(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_owned(),
+                    namespace.clone(),
+                )]))),
+                pod_selector: Some(selector(BTreeMap::from([
+                    ("app.kubernetes.io/part-of".to_owned(), "hearth".to_owned()),
+                    ("app.kubernetes.io/component".to_owned(), "operator".to_owned()),
+                ]))),
                 ..NetworkPolicyPeer::default()
             }]),
             ports: port(),

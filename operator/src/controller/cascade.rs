@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hearth_crds::cascade::{Cascade, CascadeStatus, StageStatus};
-use hearth_crds::conditions::{READY, RECONCILING, STALLED, is_true};
+use hearth_crds::conditions::{ESCALATION_BUDGET_EXCEEDED, READY, RECONCILING, STALLED, is_true};
 use hearth_crds::model::Model;
+use hearth_crds::router::RouterReport;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -51,7 +52,14 @@ pub async fn reconcile(cascade: Arc<Cascade>, ctx: Arc<Context>) -> Result<Actio
     }
     let deployment = apply(&Api::<Deployment>::namespaced(client.clone(), &ns), &objects.deployment).await?;
 
-    let status = desired_status(&cascade, &resolved, &deployment, &ctx);
+    let router_ready = deployment.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) >= 1;
+    let report = if router_ready {
+        let url = router_report_url(&cascade_endpoint(&cascade, &ctx.build));
+        (ctx.router_probe)(url).await.and_then(|reports| reports.into_iter().find(|r| r.name == cascade.name_any()))
+    } else {
+        None
+    };
+    let status = desired_status(&cascade, &resolved, &deployment, report.as_ref(), &ctx);
     let previous = cascade.status.clone().unwrap_or_default();
     if status != previous {
         let api: Api<Cascade> = Api::namespaced(client.clone(), &ns);
@@ -64,7 +72,19 @@ pub async fn reconcile(cascade: Arc<Cascade>, ctx: Arc<Context>) -> Result<Actio
         }
     }
     let waiting = resolved.iter().any(|s| !s.ready);
-    Ok(Action::requeue(if waiting { Duration::from_secs(30) } else { Duration::from_secs(300) }))
+    // A serving router is read again every minute, so the escalation ratio stays fresh.
+    Ok(Action::requeue(if waiting {
+        Duration::from_secs(30)
+    } else if router_ready {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(300)
+    }))
+}
+
+/// Where a router serves its escalation reports, from its OpenAI base URL.
+pub fn router_report_url(endpoint: &str) -> String {
+    format!("{}/cascades", endpoint.trim_end_matches('/').trim_end_matches("/v1"))
 }
 
 /// The status a Cascade should have.
@@ -72,6 +92,7 @@ pub fn desired_status(
     cascade: &Cascade,
     resolved: &[ResolvedStage],
     deployment: &Deployment,
+    report: Option<&RouterReport>,
     ctx: &Context,
 ) -> CascadeStatus {
     let generation = cascade.meta().generation;
@@ -104,6 +125,25 @@ pub fn desired_status(
             condition(conditions, READY, true, "Available", format!("routing {stages}"), generation);
             condition(conditions, RECONCILING, false, "Available", "", generation);
         }
+    }
+    if let Some(report) = report {
+        status.observed_escalation_ratio = Some((report.escalation_ratio * 1e4).round() / 1e4);
+        let budget = cascade.spec.max_escalation_ratio;
+        let message = format!(
+            "{:.1}% of the last {} requests escalated past the first stage{}",
+            report.escalation_ratio * 100.0,
+            report.window_requests,
+            budget.map(|b| format!("; the budget is {:.1}%", b * 100.0)).unwrap_or_default()
+        );
+        let reason = if report.budget_exceeded { "OverBudget" } else { "WithinBudget" };
+        condition(
+            &mut status.conditions,
+            ESCALATION_BUDGET_EXCEEDED,
+            report.budget_exceeded,
+            reason,
+            message,
+            generation,
+        );
     }
     status
 }

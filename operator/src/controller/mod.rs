@@ -13,7 +13,9 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use hearth_crds::conditions::{Condition, ConditionStatus, set_condition};
+use hearth_crds::router::RouterReport;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -27,6 +29,26 @@ use crate::metrics::{ErrorLabels, Metrics};
 /// The field manager of every write the operator makes.
 pub const MANAGER: &str = "hearth-operator";
 
+/// Reads the escalation reports a Cascade router serves at `GET /cascades` (the URL given);
+/// `None` when the router cannot be reached. Replaceable in tests.
+pub type RouterProbe = Arc<dyn Fn(String) -> BoxFuture<'static, Option<Vec<RouterReport>>> + Send + Sync>;
+
+/// The probe the operator uses: an HTTP GET with a short timeout.
+pub fn http_router_probe() -> RouterProbe {
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap_or_default();
+    Arc::new(move |url: String| {
+        let client = client.clone();
+        Box::pin(async move {
+            let response = client.get(&url).send().await.ok()?.error_for_status().ok()?;
+            response.json::<Vec<RouterReport>>().await.ok()
+        })
+    })
+}
+
 /// What every reconcile can reach.
 pub struct Context {
     /// The API client.
@@ -37,13 +59,21 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Who publishes Events.
     pub reporter: Reporter,
+    /// Reads Cascade routers' escalation reports.
+    pub router_probe: RouterProbe,
 }
 
 impl Context {
     /// A context with the operator's default Event reporter.
     pub fn new(client: Client, build: BuildContext, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-        Self { client, build, metrics, reporter }
+        Self { client, build, metrics, reporter, router_probe: http_router_probe() }
+    }
+
+    /// The same context reading routers through `probe`.
+    pub fn with_router_probe(mut self, probe: RouterProbe) -> Self {
+        self.router_probe = probe;
+        self
     }
 
     /// An Event recorder.
