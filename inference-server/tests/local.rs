@@ -26,10 +26,12 @@ impl Drop for Running {
     }
 }
 
-/// Starts `up` on a free port and returns the process and its base URL, read from the banner.
-fn up(stack: &str) -> (Running, String) {
+/// Starts `up` on a free port with its data in `data` and returns the process and its base
+/// URL, read from the banner.
+fn up(stack: &str, data: &Path) -> (Running, String) {
     let mut child = Command::new(BINARY)
-        .args(["up", "-f", stack, "--port", "0", "--threads", "1"])
+        .args(["up", "-f", stack, "--port", "0", "--threads", "1", "--data-dir"])
+        .arg(data)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -63,7 +65,8 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
 
 #[tokio::test]
 async fn the_local_quickstart_serves_models_embeddings_and_the_cascade() {
-    let (mut child, base) = up(&repo_file("manifests/examples/local.yaml"));
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, base) = up(&repo_file("manifests/examples/local.yaml"), data.path());
     let client = reqwest::Client::new();
     let models: Value = client.get(format!("{base}/models")).send().await.unwrap().json().await.unwrap();
     let mut ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
@@ -105,8 +108,34 @@ async fn the_local_quickstart_serves_models_embeddings_and_the_cascade() {
         .unwrap();
     assert_eq!(embedded["data"][1]["embedding"].as_array().unwrap().len(), 384);
 
+    // The handbook knowledge base was ingested from manifests/examples/handbook/.
+    let found: Value = client
+        .post(format!("{base}/knowledgebases/handbook/query"))
+        .json(&json!({"query": "Which expense code is for conference travel?"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let top = &found["data"][0];
+    assert_eq!(top["source"], "directory:handbook/expenses.md", "{found}");
+    assert!(top["text"].as_str().unwrap().contains("TRV-2291"), "{found}");
+    let missing =
+        client.post(format!("{base}/knowledgebases/nope/query")).json(&json!({"query": "x"})).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+
     let status = terminate(&mut child.0);
     assert!(status.success(), "`up` exits cleanly on SIGTERM: {status}");
+
+    // Restarted on the same data, nothing is embedded again.
+    let (mut child, base) = up(&repo_file("manifests/examples/local.yaml"), data.path());
+    let report: Value =
+        client.post(format!("{base}/knowledgebases/handbook/ingest")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(report["added"], 0, "{report}");
+    assert_eq!(report["removed"], 0, "{report}");
+    assert!(report["unchanged"].as_u64().unwrap() >= 3, "{report}");
+    terminate(&mut child.0);
 }
 
 fn refused(stack: &str) -> String {

@@ -31,6 +31,9 @@ pub enum ApiError {
     /// The model is not served here.
     #[error("the model `{0}` does not exist; GET /v1/models lists the served models")]
     ModelNotFound(String),
+    /// No knowledge base of this name is served here.
+    #[error("the knowledge base `{0}` does not exist here")]
+    KnowledgeBaseNotFound(String),
     /// The model exists but cannot do this (e.g. chat on an embedding model).
     #[error("the model `{model}` serves {serves}, not {asked}")]
     WrongTask {
@@ -69,6 +72,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("payload_too_large")),
             Self::Unauthorized => (S::UNAUTHORIZED, "invalid_request_error", Some("invalid_api_key")),
             Self::ModelNotFound(_) => (S::NOT_FOUND, "invalid_request_error", Some("model_not_found")),
+            Self::KnowledgeBaseNotFound(_) => (S::NOT_FOUND, "invalid_request_error", Some("knowledge_base_not_found")),
             Self::WrongTask { .. } => (S::BAD_REQUEST, "invalid_request_error", Some("model_task_mismatch")),
             Self::Engine(EngineError::QueueFull { .. }) => {
                 (S::TOO_MANY_REQUESTS, "rate_limit_error", Some("queue_full"))

@@ -5,6 +5,7 @@ mod chat;
 mod embeddings;
 pub mod error;
 pub mod generation;
+pub mod knowledge;
 pub mod metrics;
 pub mod openai;
 
@@ -59,6 +60,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Cascades served, by name (what clients pass as `model`).
     pub cascades: Arc<BTreeMap<String, Arc<CascadeRouter>>>,
+    /// Knowledge bases served, by name.
+    pub knowledge_bases: Arc<knowledge::KnowledgeBases>,
 }
 
 impl AppState {
@@ -69,6 +72,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             config: Arc::new(config),
             cascades: Arc::new(BTreeMap::new()),
+            knowledge_bases: Arc::default(),
         }
     }
 
@@ -167,13 +171,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(chat::completion_route))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(list_models))
-        .route("/cascades", get(list_cascades))
+        .route("/v1/knowledgebases/{name}/query", post(knowledge::query))
+        .route("/v1/knowledgebases/{name}/ingest", post(knowledge::ingest))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .merge(v1)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        // Escalation ratios only, open like /metrics: the operator reads them without a key.
+        .route("/cascades", get(list_cascades))
         .layer(middleware::from_fn_with_state(state.clone(), record))
         .layer(middleware::from_fn(move |mut req: Request, next: Next| async move {
             req.extensions_mut().insert(BodyLimit(limit));
