@@ -36,8 +36,10 @@ pub enum Command {
     Fetch(FetchArgs),
     /// Route requests through a Cascade: the cheapest stage first, escalating on low confidence.
     Cascade(CascadeArgs),
-    /// Serve a whole stack (Models, Cascades) from one process: the YAML a cluster takes.
+    /// Serve a whole stack (Models, Cascades, KnowledgeBases) from one process: the YAML a cluster takes.
     Up(UpArgs),
+    /// Ingest the knowledge bases of a stack file into the embedded store, with progress bars.
+    Ingest(IngestArgs),
 }
 
 /// Flags of `fetch`.
@@ -593,4 +595,97 @@ fn up_banner(
          -d '{{\"model\": \"{example}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'"
     ));
     out
+}
+
+/// Flags of `ingest`.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// A stack file with the KnowledgeBases and their embedding Models.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Only this knowledge base (default: every one in the file).
+    #[arg(long)]
+    pub knowledge_base: Option<String>,
+    /// The model cache (see `up`).
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+    /// Where the vectors live (see `up`; a running `up` holds it: use its
+    /// `POST /v1/knowledgebases/NAME/ingest` instead).
+    #[arg(long, env = "HEARTH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Where the embedding model runs: cpu, cuda, metal or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// Runs `ingest`: loads only the embedding models the knowledge bases need, ingests each one
+/// and prints its report as JSON.
+pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let shown = args.file.display().to_string();
+    let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {shown}"))?;
+    let resources = hearth_crds::parse_stack(&text, &shown)?;
+    let models_dir = args.models_dir.clone().unwrap_or_else(crate::fetch::model_cache_dir);
+    let mut plan = crate::local::plan(resources, &models_dir)?;
+    if let Some(only) = &args.knowledge_base {
+        plan.knowledge_bases.retain(|kb| kb.metadata.name.as_deref() == Some(only.as_str()));
+        if plan.knowledge_bases.is_empty() {
+            bail!("{shown} has no KnowledgeBase `{only}`");
+        }
+    }
+    if plan.knowledge_bases.is_empty() {
+        bail!("{shown} holds no KnowledgeBase to ingest");
+    }
+    let wanted: std::collections::BTreeSet<&str> =
+        plan.knowledge_bases.iter().map(|kb| kb.spec.embedding.model.as_str()).collect();
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut loads = Vec::new();
+    for model in plan.models.iter().filter(|m| wanted.contains(m.name.as_str())) {
+        let path = crate::local::materialize(model, &models_dir, progress).await?;
+        loads.push(ServePlan {
+            name: model.name.clone(),
+            path,
+            task: model.task,
+            limits: model.limits.clone(),
+            device: args.device.clone(),
+        });
+    }
+    let registry = Arc::new(Registry::default());
+    {
+        let registry = registry.clone();
+        tokio::task::spawn_blocking(move || load_into(&registry, &loads)).await.context("the loader panicked")??;
+    }
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let store_dir = data_dir.join("store");
+    let store = Arc::new(crate::kb::embedded::EmbeddedStore::open(&store_dir).with_context(|| {
+        format!("cannot open the embedded store in {} (a running `up` holds it)", store_dir.display())
+    })?);
+    let base_dir = args.file.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    for kb in &plan.knowledge_bases {
+        let name = kb.metadata.name.clone().unwrap_or_default();
+        let Some(ServedModel::Embedding(embedder)) = registry.get(&kb.spec.embedding.model) else {
+            bail!("KnowledgeBase `{name}`: spec.embedding.model: `{}` did not load", kb.spec.embedding.model);
+        };
+        let opened = crate::kb::KnowledgeBase::open(&name, kb.spec.clone(), &base_dir, embedder, store.clone()).await?;
+        let bar = progress.then(|| {
+            let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} {pos}/{len} chunks embedded, {per_sec}") {
+                bar.set_style(style);
+            }
+            bar.set_message(name.clone());
+            bar
+        });
+        let report = opened
+            .ingest_with(&|done, total| {
+                if let Some(bar) = &bar {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                }
+            })
+            .await?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        println!("{}", serde_json::json!({"knowledge_base": name, "report": report}));
+    }
+    Ok(())
 }

@@ -51,5 +51,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fetch(args) => hearth_server::cli::fetch(args).await,
         Command::Cascade(args) => hearth_server::cli::cascade(args).await,
         Command::Up(args) => hearth_server::cli::up(args).await,
+        Command::Ingest(args) => hearth_server::cli::ingest(args).await,
     }
 }

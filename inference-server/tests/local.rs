@@ -175,3 +175,25 @@ fn invalid_stacks_are_refused_naming_the_document_and_field() {
     );
     assert!(error.contains("Model `m`: spec.source.uri") && error.contains("/nowhere/m.gguf"), "{error}");
 }
+
+#[test]
+fn ingest_fills_the_store_once_and_then_finds_nothing_new() {
+    let data = tempfile::tempdir().unwrap();
+    let run = || {
+        let output = Command::new(BINARY)
+            .args(["ingest", "-f", &repo_file("manifests/examples/local.yaml"), "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let line = String::from_utf8_lossy(&output.stdout).lines().next().unwrap().to_owned();
+        serde_json::from_str::<Value>(&line).unwrap()
+    };
+    let first = run();
+    assert_eq!(first["knowledge_base"], "handbook");
+    assert_eq!(first["report"]["documents"], 3);
+    assert!(first["report"]["added"].as_u64().unwrap() >= 3, "{first}");
+    let second = run();
+    assert_eq!(second["report"]["added"], 0, "{second}");
+    assert_eq!(second["report"]["unchanged"], first["report"]["added"], "{second}");
+}

@@ -290,6 +290,11 @@ impl<S: VectorStore> KnowledgeBase<S> {
 
     /// Brings the store in line with the sources (see the module documentation).
     pub async fn ingest(&self) -> Result<IngestReport, KbError> {
+        self.ingest_with(&|_, _| {}).await
+    }
+
+    /// [`ingest`](Self::ingest), calling `progress(embedded, to_embed)` after each batch.
+    pub async fn ingest_with(&self, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<IngestReport, KbError> {
         let _one_at_a_time = self.ingesting.lock().await;
         let started = Instant::now();
         let (documents, skipped, unreadable) = self.load().await;
@@ -364,6 +369,7 @@ impl<S: VectorStore> KnowledgeBase<S> {
                     .map_err(|e| self.store_error(e))?;
             }
             report.added += batch.len();
+            progress(report.added, missing.len());
         }
         if !points.is_empty() {
             self.store.upsert(&self.collection, points).await.map_err(|e| self.store_error(e))?;
