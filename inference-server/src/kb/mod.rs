@@ -12,8 +12,11 @@
 //! filter; every hit carries its text, source and byte offsets for citations.
 
 pub mod embedded;
+#[doc(hidden)]
+pub mod fake_qdrant;
 pub mod html;
 pub mod loaders;
+pub mod qdrant;
 pub mod robots;
 pub mod sparse;
 pub mod splitter;
