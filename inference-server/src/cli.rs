@@ -470,6 +470,40 @@ async fn serve_knowledge_bases(
     Ok(reports)
 }
 
+/// Reads and validates a stack file, and plans it against the model cache.
+fn read_stack(
+    file: &std::path::Path,
+    models_dir: &std::path::Path,
+) -> anyhow::Result<(Vec<hearth_crds::Model>, crate::local::StackPlan)> {
+    let shown = file.display().to_string();
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {shown}"))?;
+    let resources = hearth_crds::parse_stack(&text, &shown)?;
+    let stack = crate::local::stack_models(&resources);
+    Ok((stack, crate::local::plan(resources, models_dir)?))
+}
+
+/// Makes the models' weights local (fetching with progress bars on a terminal) and plans
+/// their loading on `device`.
+async fn materialize_all<'a>(
+    models: impl IntoIterator<Item = &'a crate::local::LocalModel>,
+    models_dir: &std::path::Path,
+    device: &str,
+) -> anyhow::Result<Vec<ServePlan>> {
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut loads = Vec::new();
+    for model in models {
+        let path = crate::local::materialize(model, models_dir, progress).await?;
+        loads.push(ServePlan {
+            name: model.name.clone(),
+            path,
+            task: model.task,
+            limits: model.limits.clone(),
+            device: device.to_owned(),
+        });
+    }
+    Ok(loads)
+}
+
 /// The base URL this process reaches itself at (a wildcard address becomes loopback).
 fn self_base(addr: SocketAddr) -> String {
     let ip = if addr.ip().is_unspecified() {
@@ -487,29 +521,15 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("cannot size the thread pool")?;
     }
     let shown = args.file.display().to_string();
-    let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {shown}"))?;
-    let resources = hearth_crds::parse_stack(&text, &shown)?;
     let models_dir = args.models_dir.clone().unwrap_or_else(crate::fetch::model_cache_dir);
-    let stack = crate::local::stack_models(&resources);
-    let plan = crate::local::plan(resources, &models_dir)?;
+    let (stack, plan) = read_stack(&args.file, &models_dir)?;
     if plan.models.is_empty() {
         bail!("{shown} holds no Model: nothing to serve");
     }
     for reason in &plan.skipped {
         tracing::warn!("not served: {reason}");
     }
-    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut loads = Vec::with_capacity(plan.models.len());
-    for model in &plan.models {
-        let path = crate::local::materialize(model, &models_dir, progress).await?;
-        loads.push(ServePlan {
-            name: model.name.clone(),
-            path,
-            task: model.task,
-            limits: model.limits.clone(),
-            device: args.device.clone(),
-        });
-    }
+    let loads = materialize_all(&plan.models, &models_dir, &args.device).await?;
 
     let api_config = args.http.api_config()?;
     // The cascades call this process's own routes, with its own key when keys are required.
@@ -622,10 +642,8 @@ pub struct IngestArgs {
 /// and prints its report as JSON.
 pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let shown = args.file.display().to_string();
-    let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {shown}"))?;
-    let resources = hearth_crds::parse_stack(&text, &shown)?;
     let models_dir = args.models_dir.clone().unwrap_or_else(crate::fetch::model_cache_dir);
-    let mut plan = crate::local::plan(resources, &models_dir)?;
+    let (_, mut plan) = read_stack(&args.file, &models_dir)?;
     if let Some(only) = &args.knowledge_base {
         plan.knowledge_bases.retain(|kb| kb.metadata.name.as_deref() == Some(only.as_str()));
         if plan.knowledge_bases.is_empty() {
@@ -637,18 +655,8 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     }
     let wanted: std::collections::BTreeSet<&str> =
         plan.knowledge_bases.iter().map(|kb| kb.spec.embedding.model.as_str()).collect();
-    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut loads = Vec::new();
-    for model in plan.models.iter().filter(|m| wanted.contains(m.name.as_str())) {
-        let path = crate::local::materialize(model, &models_dir, progress).await?;
-        loads.push(ServePlan {
-            name: model.name.clone(),
-            path,
-            task: model.task,
-            limits: model.limits.clone(),
-            device: args.device.clone(),
-        });
-    }
+    let wanted_models = plan.models.iter().filter(|m| wanted.contains(m.name.as_str()));
+    let loads = materialize_all(wanted_models, &models_dir, &args.device).await?;
     let registry = Arc::new(Registry::default());
     {
         let registry = registry.clone();
@@ -666,7 +674,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             bail!("KnowledgeBase `{name}`: spec.embedding.model: `{}` did not load", kb.spec.embedding.model);
         };
         let opened = crate::kb::KnowledgeBase::open(&name, kb.spec.clone(), &base_dir, embedder, store.clone()).await?;
-        let bar = progress.then(|| {
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
             let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
             if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} {pos}/{len} chunks embedded, {per_sec}") {
                 bar.set_style(style);

@@ -199,28 +199,13 @@ fn spec_from_request(request: &pb::CreateCollection) -> Result<CollectionSpec, S
 
 /// A collection as Qdrant describes it.
 fn describe_pb(info: &CollectionInfo, indexed: Option<&BTreeSet<String>>) -> pb::CollectionInfo {
-    let distance = match info.distance {
-        Distance::Cosine => pb::Distance::Cosine,
-        Distance::Dot => pb::Distance::Dot,
-        Distance::Euclid => pb::Distance::Euclid,
-    };
-    let quantization = info.int8_quantization.then(|| pb::QuantizationConfig {
-        quantization: Some(pb::quantization_config::Quantization::Scalar(pb::ScalarQuantization {
-            r#type: pb::QuantizationType::Int8.into(),
-            ..Default::default()
-        })),
-    });
-    let dense = pb::VectorParams {
-        size: info.dimension as u64,
-        distance: distance.into(),
-        hnsw_config: Some(pb::HnswConfigDiff {
-            m: Some(info.hnsw_m as u64),
-            ef_construct: Some(info.ef_construct as u64),
-            ..Default::default()
-        }),
-        quantization_config: quantization,
-        ..Default::default()
-    };
+    let dense = super::qdrant::dense_params(
+        info.dimension,
+        info.distance,
+        info.hnsw_m,
+        info.ef_construct,
+        info.int8_quantization,
+    );
     let sparse = pb::SparseVectorParams { index: None, modifier: Some(pb::Modifier::Idf.into()) };
     let params = pb::CollectionParams {
         shard_number: 1,

@@ -234,48 +234,37 @@ impl<S: VectorStore> KnowledgeBase<S> {
         // Prefixes of sources that could not be read at all: their stored chunks stay.
         let mut unreadable = Vec::new();
         for source in &self.spec.sources {
-            let (label, report) = if let Some(dir) = &source.directory {
-                let path = self.base_dir.join(&dir.path);
-                let label = format!("directory:{}", dir.path);
-                if !path.is_dir() {
-                    skipped.push(SkippedSource {
-                        source: label.clone(),
-                        reason: format!("{} is not a directory", path.display()),
-                    });
-                    unreadable.push(label);
-                    continue;
-                }
-                (label, loaders::load_dir(&path, &loaders::LoadOptions::default()))
-            } else if let Some(url) = &source.url {
-                (String::new(), loaders::load_urls(std::slice::from_ref(url), &loaders::WebOptions::default()).await)
+            // Directory-like sources: (label, where it is mounted or lies).
+            let local = if let Some(dir) = &source.directory {
+                Some((format!("directory:{}", dir.path), self.base_dir.join(&dir.path), "is not a directory"))
             } else if let Some(pvc) = &source.pvc {
                 // In a cluster the ingestion Job mounts the claim at /pvc/<claim>.
                 let path = Path::new("/pvc").join(&pvc.claim_name).join(pvc.path.trim_start_matches('/'));
-                let label = format!("pvc:{}{}", pvc.claim_name, pvc.path);
-                if !path.is_dir() {
-                    skipped.push(SkippedSource {
-                        source: label.clone(),
-                        reason: format!("{} is not mounted here", path.display()),
-                    });
-                    unreadable.push(label);
-                    continue;
-                }
-                (label, loaders::load_dir(&path, &loaders::LoadOptions::default()))
-            } else if let Some(config_map) = &source.config_map {
-                // In a cluster the ingestion Job mounts the ConfigMap at /configmaps/<name>.
-                let path = Path::new("/configmaps").join(&config_map.name);
-                let label = format!("configmap:{}", config_map.name);
-                if !path.is_dir() {
-                    skipped.push(SkippedSource {
-                        source: label.clone(),
-                        reason: format!("{} is not mounted here", path.display()),
-                    });
-                    unreadable.push(label);
-                    continue;
-                }
-                (label, loaders::load_dir(&path, &loaders::LoadOptions::default()))
+                Some((format!("pvc:{}{}", pvc.claim_name, pvc.path), path, "is not mounted here"))
             } else {
-                continue;
+                // In a cluster the ingestion Job mounts the ConfigMap at /configmaps/<name>.
+                source.config_map.as_ref().map(|config_map| {
+                    let path = Path::new("/configmaps").join(&config_map.name);
+                    (format!("configmap:{}", config_map.name), path, "is not mounted here")
+                })
+            };
+            let (label, report) = match (local, &source.url) {
+                (Some((label, path, missing)), _) => {
+                    if !path.is_dir() {
+                        skipped.push(SkippedSource {
+                            source: label.clone(),
+                            reason: format!("{} {missing}", path.display()),
+                        });
+                        unreadable.push(label);
+                        continue;
+                    }
+                    (label, loaders::load_dir(&path, &loaders::LoadOptions::default()))
+                }
+                (None, Some(url)) => (
+                    String::new(),
+                    loaders::load_urls(std::slice::from_ref(url), &loaders::WebOptions::default()).await,
+                ),
+                (None, None) => continue,
             };
             let prefix = |id: &str| if label.is_empty() { id.to_owned() } else { format!("{label}/{id}") };
             for (source, reason) in report.skipped {

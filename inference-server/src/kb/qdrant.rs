@@ -178,28 +178,7 @@ impl QdrantStore {
     }
 
     async fn create(&self, spec: &CollectionSpec) -> Result<(), StoreError> {
-        let distance = match spec.distance {
-            Distance::Cosine => pb::Distance::Cosine,
-            Distance::Dot => pb::Distance::Dot,
-            Distance::Euclid => pb::Distance::Euclid,
-        };
-        let quantization = spec.int8_quantization.then(|| pb::QuantizationConfig {
-            quantization: Some(pb::quantization_config::Quantization::Scalar(pb::ScalarQuantization {
-                r#type: pb::QuantizationType::Int8.into(),
-                ..Default::default()
-            })),
-        });
-        let dense = pb::VectorParams {
-            size: spec.dimension as u64,
-            distance: distance.into(),
-            hnsw_config: Some(pb::HnswConfigDiff {
-                m: Some(spec.hnsw_m as u64),
-                ef_construct: Some(spec.ef_construct as u64),
-                ..Default::default()
-            }),
-            quantization_config: quantization,
-            ..Default::default()
-        };
+        let dense = dense_params(spec.dimension, spec.distance, spec.hnsw_m, spec.ef_construct, spec.int8_quantization);
         let sparse = pb::SparseVectorParams { index: None, modifier: Some(pb::Modifier::Idf.into()) };
         let request = pb::CreateCollection {
             collection_name: spec.name.clone(),
@@ -672,6 +651,38 @@ impl VectorStore for QdrantStore {
                 other => Err(other),
             },
         }
+    }
+}
+
+/// The dense vector's parameters as Qdrant takes them (and, in the test server, describes them).
+pub(crate) fn dense_params(
+    dimension: usize,
+    distance: Distance,
+    hnsw_m: usize,
+    ef_construct: usize,
+    int8_quantization: bool,
+) -> pb::VectorParams {
+    let distance = match distance {
+        Distance::Cosine => pb::Distance::Cosine,
+        Distance::Dot => pb::Distance::Dot,
+        Distance::Euclid => pb::Distance::Euclid,
+    };
+    let quantization = int8_quantization.then(|| pb::QuantizationConfig {
+        quantization: Some(pb::quantization_config::Quantization::Scalar(pb::ScalarQuantization {
+            r#type: pb::QuantizationType::Int8.into(),
+            ..Default::default()
+        })),
+    });
+    pb::VectorParams {
+        size: dimension as u64,
+        distance: distance.into(),
+        hnsw_config: Some(pb::HnswConfigDiff {
+            m: Some(hnsw_m as u64),
+            ef_construct: Some(ef_construct as u64),
+            ..Default::default()
+        }),
+        quantization_config: quantization,
+        ..Default::default()
     }
 }
 
