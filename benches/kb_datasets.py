@@ -28,9 +28,10 @@ of its relevant document ids (binary relevance).
   whose stem can stand without its options are kept: the correct answer has at least four
   words and differs (case-insensitively) from every other question's correct answer, and the
   stem mentions none of "following", "statement(s)", "above", "below", "these", "option(s)",
-  "choice(s)" and has at most 150 words — 3,745 questions of 14,042.
-- `mmlu-items` (the speed corpus, no judgements): every MMLU test question as one document:
-  subject, question, the four options and the answer; 14,042 documents.
+  "choice(s)" and has at most 150 words — 3,576 questions of 14,042.
+- speed corpora (no judgements), see `mmlu_items`: MMLU test questions as documents, either
+  short (subject, question, answer; the 10,686 at most 80 tokens long) or full (with the
+  four options; all 14,042).
 """
 
 from __future__ import annotations
@@ -252,20 +253,86 @@ def mmlu_answers() -> Dataset:
     )
 
 
-def mmlu_items() -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """The speed corpus: every MMLU test question as one document; and (doc id, question)
-    pairs to query it with."""
+def mmlu_items(short: bool = False, counter: "TokenCounter | None" = None, max_tokens: int = 80):
+    """Speed corpora: every MMLU test question as one document, with (doc id, question stem)
+    pairs to query it with. `short=False`: subject, question, the four options and the answer
+    (14,042 documents, ~117 tokens on average, 2,129 over 200 tokens). `short=True`: subject,
+    question and answer only, for the questions where that is at most `max_tokens` MiniLM
+    tokens (10,686 of 14,042 at 80; ~36 tokens on average, so one chunk each)."""
     docs: dict[str, str] = {}
     questions: list[tuple[str, str]] = []
     for i, row in enumerate(mmlu_rows()):
-        options = "\n".join(f"{letter}. {row['answer_' + letter.lower()]}" for letter in LETTERS)
         doc = f"m{i:05d}"
-        docs[doc] = (
-            f"{row['topic']}\n\n{row['question'].strip()}\n\n{options}\n\n"
-            f"Answer: {row['correct_answer']}. {_answer(row)}\n"
-        )
+        if short:
+            text = f"{row['topic']}\n\n{row['question'].strip()}\n\nAnswer: {_answer(row)}\n"
+            if counter is None or counter.count(text) > max_tokens:
+                continue
+        else:
+            options = "\n".join(f"{letter}. {row['answer_' + letter.lower()]}" for letter in LETTERS)
+            text = (
+                f"{row['topic']}\n\n{row['question'].strip()}\n\n{options}\n\n"
+                f"Answer: {row['correct_answer']}. {_answer(row)}\n"
+            )
+        docs[doc] = text
         questions.append((doc, row["question"].strip()))
     return docs, questions
 
 
 BUILDERS = {"cherche": cherche, "strategyqa": strategyqa, "mmlu-answers": mmlu_answers}
+
+
+class TokenCounter:
+    """Counts all-MiniLM-L6-v2 tokens (BERT uncased WordPiece, from its tokenizer.json) to
+    describe corpora; close to, not guaranteed identical with, the server's tokenizer."""
+
+    def __init__(self, tokenizer_json: Path):
+        model = json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"]
+        self.vocab = set(model["vocab"])
+        self.prefix = model.get("continuing_subword_prefix", "##")
+        self.max_chars = model.get("max_input_chars_per_word", 100)
+
+    @staticmethod
+    def _words(text: str) -> list[str]:
+        import unicodedata
+
+        text = unicodedata.normalize("NFD", text.lower())
+        text = "".join(c for c in text if unicodedata.category(c) != "Mn")
+        words: list[str] = []
+        current: list[str] = []
+        for c in text:
+            cat = unicodedata.category(c)
+            if c.isspace() or cat.startswith("C"):
+                if current:
+                    words.append("".join(current))
+                    current = []
+            elif cat.startswith("P") or (c.isascii() and not c.isalnum()) or 0x4E00 <= ord(c) <= 0x9FFF:
+                if current:
+                    words.append("".join(current))
+                    current = []
+                words.append(c)
+            else:
+                current.append(c)
+        if current:
+            words.append("".join(current))
+        return words
+
+    def _pieces(self, word: str) -> int:
+        if len(word) > self.max_chars:
+            return 1
+        count, start = 0, 0
+        while start < len(word):
+            end = len(word)
+            while end > start:
+                piece = word[start:end] if start == 0 else self.prefix + word[start:end]
+                if piece in self.vocab:
+                    break
+                end -= 1
+            if end == start:
+                return 1  # [UNK]
+            count += 1
+            start = end
+        return count
+
+    def count(self, text: str) -> int:
+        """Tokens without the [CLS]/[SEP] pair."""
+        return sum(self._pieces(w) for w in self._words(text))

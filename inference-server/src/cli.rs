@@ -433,6 +433,45 @@ pub fn default_data_dir() -> PathBuf {
     }
 }
 
+/// The stores of a process's knowledge bases: one embedded store (opened when first needed)
+/// shared by every knowledge base without `spec.store.qdrant`, one client per Qdrant server.
+struct Stores {
+    data_dir: PathBuf,
+    embedded: Option<Arc<crate::kb::any::AnyStore>>,
+}
+
+impl Stores {
+    fn new(data_dir: &std::path::Path) -> Self {
+        Self { data_dir: data_dir.to_owned(), embedded: None }
+    }
+
+    /// The store a knowledge base's spec asks for. A Qdrant API key comes from the environment
+    /// variable QDRANT_API_KEY (in a cluster, from `apiKeySecretRef`).
+    fn for_spec(
+        &mut self,
+        name: &str,
+        spec: &hearth_crds::KnowledgeBaseSpec,
+    ) -> anyhow::Result<Arc<crate::kb::any::AnyStore>> {
+        use crate::kb::any::AnyStore;
+        if let Some(qdrant) = &spec.store.qdrant {
+            let key = std::env::var("QDRANT_API_KEY").ok().filter(|k| !k.is_empty());
+            let store = crate::kb::qdrant::QdrantStore::connect(&qdrant.url, key)
+                .with_context(|| format!("KnowledgeBase `{name}`: spec.store.qdrant.url"))?;
+            return Ok(Arc::new(AnyStore::Qdrant(store)));
+        }
+        if let Some(store) = &self.embedded {
+            return Ok(store.clone());
+        }
+        let dir = self.data_dir.join("store");
+        let store = crate::kb::embedded::EmbeddedStore::open(&dir).with_context(|| {
+            format!("cannot open the embedded store in {} (does a running `up` hold it?)", dir.display())
+        })?;
+        let store = Arc::new(AnyStore::Embedded(store));
+        self.embedded = Some(store.clone());
+        Ok(store)
+    }
+}
+
 /// Opens, ingests and serves the plan's knowledge bases (after the models have loaded).
 async fn serve_knowledge_bases(
     plan: &crate::local::StackPlan,
@@ -444,11 +483,7 @@ async fn serve_knowledge_bases(
     if plan.knowledge_bases.is_empty() {
         return Ok(Vec::new());
     }
-    let store_dir = data_dir.join("store");
-    let store = Arc::new(
-        crate::kb::embedded::EmbeddedStore::open(&store_dir)
-            .with_context(|| format!("cannot open the embedded store in {}", store_dir.display()))?,
-    );
+    let mut stores = Stores::new(data_dir);
     let mut reports = Vec::new();
     for kb in &plan.knowledge_bases {
         let name = kb.metadata.name.clone().unwrap_or_default();
@@ -458,7 +493,8 @@ async fn serve_knowledge_bases(
                 kb.spec.embedding.model
             );
         };
-        let opened = crate::kb::KnowledgeBase::open(&name, kb.spec.clone(), base_dir, embedder, store.clone()).await?;
+        let store = stores.for_spec(&name, &kb.spec)?;
+        let opened = crate::kb::KnowledgeBase::open(&name, kb.spec.clone(), base_dir, embedder, store).await?;
         tracing::info!(knowledge_base = %name, "ingesting");
         let report = opened.ingest().await?;
         for skipped in &report.skipped {
@@ -603,16 +639,24 @@ fn up_banner(
     for reason in &plan.skipped {
         out.push_str(&format!("  not served:       {reason}\n"));
     }
-    let example = plan
-        .cascades
-        .first()
-        .and_then(|c| c.metadata.name.clone())
-        .or_else(|| chat.first().map(|s| (*s).to_owned()))
-        .unwrap_or_default();
+    let chat_example =
+        plan.cascades.first().and_then(|c| c.metadata.name.clone()).or_else(|| chat.first().map(|s| (*s).to_owned()));
+    let (route, body) = match (chat_example, ingested.first(), embedding.first()) {
+        (Some(model), _, _) => (
+            "chat/completions".to_owned(),
+            format!("{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}"),
+        ),
+        (None, Some((kb, _)), _) => {
+            (format!("knowledgebases/{kb}/query"), "{\"query\": \"What is in here?\"}".to_owned())
+        }
+        (None, None, Some(model)) => {
+            ("embeddings".to_owned(), format!("{{\"model\": \"{model}\", \"input\": \"Hello!\"}}"))
+        }
+        (None, None, None) => return out,
+    };
     out.push_str(&format!(
         "Point an OpenAI client at it:\n  export OPENAI_BASE_URL={base} OPENAI_API_KEY=unused\n  \
-         curl {base}/chat/completions -H 'Content-Type: application/json' \\\n    \
-         -d '{{\"model\": \"{example}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'"
+         curl {base}/{route} -H 'Content-Type: application/json' \\\n    -d '{body}'"
     ));
     out
 }
@@ -663,17 +707,15 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || load_into(&registry, &loads)).await.context("the loader panicked")??;
     }
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    let store_dir = data_dir.join("store");
-    let store = Arc::new(crate::kb::embedded::EmbeddedStore::open(&store_dir).with_context(|| {
-        format!("cannot open the embedded store in {} (a running `up` holds it)", store_dir.display())
-    })?);
+    let mut stores = Stores::new(&data_dir);
     let base_dir = args.file.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
     for kb in &plan.knowledge_bases {
         let name = kb.metadata.name.clone().unwrap_or_default();
         let Some(ServedModel::Embedding(embedder)) = registry.get(&kb.spec.embedding.model) else {
             bail!("KnowledgeBase `{name}`: spec.embedding.model: `{}` did not load", kb.spec.embedding.model);
         };
-        let opened = crate::kb::KnowledgeBase::open(&name, kb.spec.clone(), &base_dir, embedder, store.clone()).await?;
+        let store = stores.for_spec(&name, &kb.spec)?;
+        let opened = crate::kb::KnowledgeBase::open(&name, kb.spec.clone(), &base_dir, embedder, store).await?;
         let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
             let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
             if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} {pos}/{len} chunks embedded, {per_sec}") {

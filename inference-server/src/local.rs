@@ -107,10 +107,6 @@ pub fn plan(resources: Vec<Resource>, models_dir: &Path) -> anyhow::Result<Stack
                 }
             }
             Resource::Cascade(cascade) => cascades.push(*cascade),
-            Resource::KnowledgeBase(kb) if kb.spec.store.qdrant.is_some() => skipped.push(format!(
-                "KnowledgeBase `{}`: spec.store.qdrant: local mode serves knowledge bases from its embedded store only so far; remove it to use that",
-                kb.metadata.name.clone().unwrap_or_default()
-            )),
             Resource::KnowledgeBase(kb) => knowledge_bases.push(*kb),
             Resource::Agent(agent) => skipped.push(format!(
                 "Agent `{}`: local mode does not run agents yet",

@@ -59,7 +59,7 @@ impl Fixture {
         self.root.path().join("data")
     }
 
-    async fn open(&self) -> KnowledgeBase {
+    async fn open(&self) -> KnowledgeBase<EmbeddedStore> {
         let store = Arc::new(EmbeddedStore::open(&self.data()).unwrap());
         KnowledgeBase::open("handbook", spec(60), self.root.path(), minilm(), store).await.unwrap()
     }

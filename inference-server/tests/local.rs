@@ -197,3 +197,44 @@ fn ingest_fills_the_store_once_and_then_finds_nothing_new() {
     assert_eq!(second["report"]["added"], 0, "{second}");
     assert_eq!(second["report"]["unchanged"], first["report"]["added"], "{second}");
 }
+
+#[tokio::test]
+async fn a_knowledge_base_with_a_qdrant_url_is_ingested_into_that_qdrant() {
+    use hearth_server::kb::embedded::EmbeddedStore;
+    use hearth_server::kb::fake_qdrant::FakeQdrant;
+    use hearth_server::kb::qdrant::QdrantStore;
+    use hearth_server::kb::store::VectorStore;
+
+    let backing = tempfile::tempdir().unwrap();
+    let qdrant = FakeQdrant::start(EmbeddedStore::open(backing.path()).unwrap(), None).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let stack = dir.path().join("stack.yaml");
+    std::fs::write(
+        &stack,
+        format!(
+            "apiVersion: hearth.dev/v1alpha1\nkind: Model\nmetadata: {{name: minilm}}\nspec:\n  task: embedding\n  format: safetensors\n  \
+             source: {{uri: \"file://${{HEARTH_MODELS}}/all-minilm-l6-v2\"}}\n---\n\
+             apiVersion: hearth.dev/v1alpha1\nkind: KnowledgeBase\nmetadata: {{name: handbook}}\nspec:\n  embedding: {{model: minilm}}\n  \
+             sources: [{{directory: {{path: \"{}\"}}}}]\n  chunking: {{chunkTokens: 200, overlapTokens: 20}}\n  \
+             store: {{qdrant: {{url: \"{}\", collection: team-handbook}}}}\n",
+            repo_file("manifests/examples/handbook"),
+            qdrant.url()
+        ),
+    )
+    .unwrap();
+    // The fake Qdrant runs on this test's runtime, so the CLI runs on a blocking thread.
+    let (stack_path, data) = (stack.clone(), dir.path().join("data"));
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(BINARY).arg("ingest").arg("-f").arg(stack_path).arg("--data-dir").arg(data).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().next().unwrap()).unwrap();
+    let added = report["report"]["added"].as_u64().unwrap();
+    assert!(added >= 3, "{report}");
+    let client = QdrantStore::connect(&qdrant.url(), None).unwrap();
+    assert_eq!(client.count("team-handbook").await.unwrap(), added, "the chunks went to Qdrant");
+    assert!(!dir.path().join("data/store").exists(), "the embedded store was never opened");
+}
