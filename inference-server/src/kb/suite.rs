@@ -452,3 +452,33 @@ pub async fn run_all<S: VectorStore>(store: &S) {
     score_threshold_filters_by_mode(store).await;
     invalid_queries_are_rejected(store).await;
 }
+
+/// One `#[tokio::test]` per check of this suite, for a store implementation's test file:
+/// `vector_store_tests!(|guard| setup_expression, store_expression_using_guard);` — the guard
+/// (a temp dir, a server) lives for the whole test. New checks are listed here once.
+#[macro_export]
+macro_rules! vector_store_tests {
+    (|$guard:ident| $setup:expr, $store:expr) => {
+        $crate::vector_store_tests!(@each |$guard| $setup, $store;
+            creates_collection_and_rejects_dimension_mismatch,
+            upsert_counts_and_replaces_by_id,
+            rejects_bad_point_and_stores_nothing,
+            delete_source_removes_only_that_source,
+            source_points_lists_every_source,
+            dense_top_k_matches_brute_force,
+            dot_and_euclid_order_correctly,
+            sparse_idf_ranks_rare_term_higher,
+            hybrid_finds_keyword_match_dense_misses,
+            source_filter_restricts_hits,
+            score_threshold_filters_by_mode,
+            invalid_queries_are_rejected,
+        );
+    };
+    (@each |$guard:ident| $setup:expr, $store:expr; $($name:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let $guard = $setup;
+            $crate::kb::suite::$name(&$store).await;
+        }
+    )*};
+}
