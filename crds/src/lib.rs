@@ -11,6 +11,7 @@ pub mod knowledge_base;
 pub mod model;
 pub mod references;
 pub mod router;
+pub mod runtime;
 pub mod scaling;
 pub mod stack;
 pub mod validation;

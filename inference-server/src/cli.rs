@@ -680,11 +680,40 @@ pub struct IngestArgs {
     /// Where the embedding model runs: cpu, cuda, metal or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Also write a compact summary per knowledge base (JSON lines of
+    /// `hearth_crds::runtime::IngestSummary`, an error included) to this file; in a cluster the
+    /// ingestion Job points it at `/dev/termination-log` and the operator reads it into status.
+    #[arg(long)]
+    pub report_file: Option<PathBuf>,
+}
+
+/// Runs `ingest` and, when asked, leaves its summary (or why it failed) in the report file.
+pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let report_file = args.report_file.clone();
+    let only = args.knowledge_base.clone().unwrap_or_default();
+    let mut summaries = Vec::new();
+    let result = ingest_all(args, &mut summaries).await;
+    if let Some(path) = report_file {
+        if let Err(e) = &result {
+            summaries.push(hearth_crds::runtime::IngestSummary {
+                knowledge_base: only,
+                error: Some(format!("{e:#}")),
+                ..Default::default()
+            });
+        }
+        let mut text = String::new();
+        for summary in &summaries {
+            text.push_str(&serde_json::to_string(summary)?);
+            text.push('\n');
+        }
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    result
 }
 
 /// Runs `ingest`: loads only the embedding models the knowledge bases need, ingests each one
 /// and prints its report as JSON.
-pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+async fn ingest_all(args: IngestArgs, summaries: &mut Vec<hearth_crds::runtime::IngestSummary>) -> anyhow::Result<()> {
     let shown = args.file.display().to_string();
     let models_dir = args.models_dir.clone().unwrap_or_else(crate::fetch::model_cache_dir);
     let (_, mut plan) = read_stack(&args.file, &models_dir)?;
@@ -735,6 +764,16 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
+        summaries.push(hearth_crds::runtime::IngestSummary {
+            knowledge_base: name.clone(),
+            documents: report.documents as u64,
+            chunks: opened.count().await?,
+            added: report.added as u64,
+            removed: report.removed,
+            skipped: report.skipped.len() as u64,
+            seconds: report.seconds,
+            error: None,
+        });
         println!("{}", serde_json::json!({"knowledge_base": name, "report": report}));
     }
     Ok(())
