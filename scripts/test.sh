@@ -14,6 +14,8 @@ pip_install() {
     || python3 -m pip install -q --disable-pip-version-check --break-system-packages "$@"
 }
 python3 -c "import lupa, yaml" 2>/dev/null || pip_install "lupa==2.8" "pyyaml==6.0.3"
+# The official OpenAI SDK, which the agent tests drive the agent endpoint with.
+python3 -c "import openai" 2>/dev/null || pip_install "openai==3.51.0"
 HEARTH_HELM="${HEARTH_HELM:-$(scripts/install-helm.sh)}"
 export HEARTH_HELM
 

@@ -36,10 +36,13 @@ pub enum Command {
     Fetch(FetchArgs),
     /// Route requests through a Cascade: the cheapest stage first, escalating on low confidence.
     Cascade(CascadeArgs),
-    /// Serve a whole stack (Models, Cascades, KnowledgeBases) from one process: the YAML a cluster takes.
+    /// Serve a whole stack (Models, Cascades, KnowledgeBases, Agents) from one process: the YAML a cluster takes.
     Up(UpArgs),
     /// Ingest the knowledge bases of a stack file into the embedded store, with progress bars.
     Ingest(IngestArgs),
+    /// Serve one Agent (its `agent.yaml`, as the operator writes it): the chat API with
+    /// model = the agent's name, and the runs API.
+    Agent(AgentArgs),
 }
 
 /// Flags of `fetch`.
@@ -506,6 +509,138 @@ async fn serve_knowledge_bases(
     Ok(reports)
 }
 
+/// Builds and serves the plan's agents (after the knowledge bases): each reasons through
+/// this process's own chat API (`base`), so a Cascade works as its model just as in a
+/// cluster; memory lives in `data_dir/agents`.
+async fn serve_agents(
+    plan: &crate::local::StackPlan,
+    state: &AppState,
+    base: &str,
+    key: Option<&str>,
+    data_dir: &std::path::Path,
+    base_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    use crate::agent::llm::ChatClient;
+    if plan.agents.is_empty() {
+        return Ok(());
+    }
+    let memory = Arc::new(crate::agent::memory::MemoryStore::open(&data_dir.join("agents"))?);
+    let client = |name: &str| ChatClient::new(base, name, key.map(str::to_owned));
+    for agent in &plan.agents {
+        let name = agent.metadata.name.clone().unwrap_or_default();
+        let target = agent.spec.model.model.clone().or_else(|| agent.spec.model.cascade.clone()).unwrap_or_default();
+        let knowledge_base = |kb: &str| state.knowledge_bases.get(kb);
+        let delegate = |other: &str| Some(client(other));
+        let env = crate::agent::tools::ToolEnv {
+            knowledge_base: &knowledge_base,
+            agent: &delegate,
+            openapi_dir: base_dir.to_owned(),
+        };
+        let tools = crate::agent::tools::build_tools(&agent.spec, &env)
+            .await
+            .map_err(|e| anyhow::anyhow!("Agent `{name}`: {e}"))?;
+        let long_term = agent.spec.memory.long_term.as_ref().and_then(|l| state.knowledge_bases.get(&l.knowledge_base));
+        state.agents.insert(Arc::new(crate::agent::AgentRuntime::new(
+            &name,
+            agent.spec.clone(),
+            client(&target),
+            tools,
+            memory.clone(),
+            long_term,
+            state.metrics.agent.clone(),
+        )));
+    }
+    Ok(())
+}
+
+/// Flags of `agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The agent runtime configuration (`agent.yaml`, as the operator writes it).
+    #[arg(long, default_value = hearth_crds::runtime::AGENT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Where short-term and episodic memory are kept.
+    #[arg(long, env = "HEARTH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// A file whose first key is sent to the model, embedding and delegated-agent endpoints
+    /// as `Authorization: Bearer KEY`.
+    #[arg(long, env = "HEARTH_UPSTREAM_API_KEY_FILE")]
+    pub upstream_api_key_file: Option<PathBuf>,
+    /// Listening address, API keys and limits.
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// Runs `agent`: serves one Agent until SIGTERM or Ctrl-C. Knowledge bases are queried in
+/// their Qdrant with queries embedded by their embedding Model's endpoint.
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    use crate::agent::llm::ChatClient;
+    let shown = args.config.display().to_string();
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("cannot read {shown}"))?;
+    let config: hearth_crds::runtime::AgentRuntimeConfig =
+        serde_yaml::from_str(&text).with_context(|| format!("{shown}: not an agent runtime configuration"))?;
+    let key = match &args.upstream_api_key_file {
+        Some(path) => read_keys(path)?.into_iter().next(),
+        None => None,
+    };
+    let state = AppState::new(Arc::new(Registry::default()), args.http.api_config()?);
+    let qdrant_key = std::env::var("QDRANT_API_KEY").ok().filter(|k| !k.is_empty());
+    for binding in &config.knowledge_bases {
+        let Some(qdrant) = &binding.spec.store.qdrant else {
+            bail!("{shown}: knowledgeBases `{}`: spec.store.qdrant must be resolved", binding.name);
+        };
+        let store = crate::kb::qdrant::QdrantStore::connect(&qdrant.url, qdrant_key.clone())
+            .with_context(|| format!("{shown}: knowledgeBases `{}`: spec.store.qdrant.url", binding.name))?;
+        let embedder = crate::kb::embedder::RemoteEmbedder::connect(
+            &binding.embedding.endpoint,
+            &binding.embedding.name,
+            key.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{shown}: knowledgeBases `{}`: embedding: {e}", binding.name))?;
+        let kb = crate::kb::KnowledgeBase::open(
+            &binding.name,
+            binding.spec.clone(),
+            std::path::Path::new("."),
+            crate::kb::embedder::Embedder::Remote(embedder),
+            Arc::new(crate::kb::any::AnyStore::Qdrant(store)),
+        )
+        .await?;
+        state.knowledge_bases.insert(Arc::new(kb));
+    }
+    let knowledge_base = |kb: &str| state.knowledge_bases.get(kb);
+    let delegate = |other: &str| {
+        config.agents.iter().find(|a| a.name == other).map(|a| ChatClient::new(&a.endpoint, &a.name, key.clone()))
+    };
+    let env = crate::agent::tools::ToolEnv {
+        knowledge_base: &knowledge_base,
+        agent: &delegate,
+        openapi_dir: config.openapi_dir.clone().unwrap_or_else(|| hearth_crds::runtime::OPENAPI_DIR.to_owned()).into(),
+    };
+    let tools = crate::agent::tools::build_tools(&config.spec, &env)
+        .await
+        .map_err(|e| anyhow::anyhow!("Agent `{}`: {e}", config.name))?;
+    let memory =
+        Arc::new(crate::agent::memory::MemoryStore::open(&args.data_dir.clone().unwrap_or_else(default_data_dir))?);
+    let long_term = config.spec.memory.long_term.as_ref().and_then(|l| state.knowledge_bases.get(&l.knowledge_base));
+    let runtime = crate::agent::AgentRuntime::new(
+        &config.name,
+        config.spec.clone(),
+        ChatClient::new(&config.model.endpoint, &config.model.name, key.clone()),
+        tools,
+        memory,
+        long_term,
+        state.metrics.agent.clone(),
+    );
+    let tool_names = runtime.tool_names().join(", ");
+    state.agents.insert(Arc::new(runtime));
+    state.registry.set_ready(true);
+    let (listener, addr) = args.http.listen().await?;
+    tracing::info!(%addr, agent = %config.name, model = %config.model.name, tools = %tool_names, "serving the agent");
+    api::serve(listener, state, shutdown_signal()).await?;
+    Ok(())
+}
+
 /// Reads and validates a stack file, and plans it against the model cache.
 fn read_stack(
     file: &std::path::Path,
@@ -562,9 +697,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     if plan.models.is_empty() {
         bail!("{shown} holds no Model: nothing to serve");
     }
-    for reason in &plan.skipped {
-        tracing::warn!("not served: {reason}");
-    }
     let loads = materialize_all(&plan.models, &models_dir, &args.device).await?;
 
     let api_config = args.http.api_config()?;
@@ -598,6 +730,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let base_dir = args.file.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
     registry.set_ready(false);
     let ingested = serve_knowledge_bases(&plan, &registry, &state, &data_dir, &base_dir).await?;
+    serve_agents(&plan, &state, &base, self_key.as_deref(), &data_dir, &base_dir).await?;
     registry.set_ready(true);
     println!("{}", up_banner(&base, &loads, &plan, &ingested));
     server.await.context("the server task failed")??;
@@ -636,11 +769,16 @@ fn up_banner(
             report.documents, report.chunks
         ));
     }
-    for reason in &plan.skipped {
-        out.push_str(&format!("  not served:       {reason}\n"));
+    for agent in &plan.agents {
+        let name = agent.metadata.name.as_deref().unwrap_or_default();
+        out.push_str(&format!("  agent:            {name} ({base}/agents/{name}/runs)\n"));
     }
-    let chat_example =
-        plan.cascades.first().and_then(|c| c.metadata.name.clone()).or_else(|| chat.first().map(|s| (*s).to_owned()));
+    let chat_example = plan
+        .agents
+        .first()
+        .and_then(|a| a.metadata.name.clone())
+        .or_else(|| plan.cascades.first().and_then(|c| c.metadata.name.clone()))
+        .or_else(|| chat.first().map(|s| (*s).to_owned()));
     let (route, body) = match (chat_example, ingested.first(), embedding.first()) {
         (Some(model), _, _) => (
             "chat/completions".to_owned(),

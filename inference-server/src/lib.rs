@@ -1,8 +1,10 @@
 //! hearth-server: candle backends behind an OpenAI-compatible API.
 //!
 //! Layers point one way: api → registry → engine → backend; api → cascade, whose stages are
-//! other OpenAI endpoints (or this process's own).
+//! other OpenAI endpoints (or this process's own); api → agent, whose model and delegated
+//! agents are OpenAI endpoints too, and whose retrieval uses the knowledge bases (kb).
 
+pub mod agent;
 pub mod api;
 pub mod backend;
 pub mod cascade;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use hearth_crds::model::ModelTask;
 use hearth_crds::router::{RouterConfig, RouterStage};
-use hearth_crds::{Cascade, KnowledgeBase, Model, Resource};
+use hearth_crds::{Agent, Cascade, KnowledgeBase, Model, Resource};
 
 use crate::registry::ServingLimits;
 
@@ -41,8 +41,8 @@ pub struct StackPlan {
     pub cascades: Vec<Cascade>,
     /// Knowledge bases, served from the embedded store.
     pub knowledge_bases: Vec<KnowledgeBase>,
-    /// Resources local mode does not serve yet, with the reason (printed at start).
-    pub skipped: Vec<String>,
+    /// Agents, reasoning through this process's own chat API.
+    pub agents: Vec<Agent>,
 }
 
 /// Replaces `${VAR}` and `${VAR:-default}` from `lookup`; an unset variable without a
@@ -85,7 +85,7 @@ pub fn plan(resources: Vec<Resource>, models_dir: &Path) -> anyhow::Result<Stack
     let mut models = Vec::new();
     let mut cascades = Vec::new();
     let mut knowledge_bases = Vec::new();
-    let mut skipped = Vec::new();
+    let mut agents = Vec::new();
     let mut errors = Vec::new();
     for resource in resources {
         match resource {
@@ -108,10 +108,7 @@ pub fn plan(resources: Vec<Resource>, models_dir: &Path) -> anyhow::Result<Stack
             }
             Resource::Cascade(cascade) => cascades.push(*cascade),
             Resource::KnowledgeBase(kb) => knowledge_bases.push(*kb),
-            Resource::Agent(agent) => skipped.push(format!(
-                "Agent `{}`: local mode does not run agents yet",
-                agent.metadata.name.clone().unwrap_or_default()
-            )),
+            Resource::Agent(agent) => agents.push(*agent),
         }
     }
     for cascade in &cascades {
@@ -155,10 +152,72 @@ pub fn plan(resources: Vec<Resource>, models_dir: &Path) -> anyhow::Result<Stack
             }
         }
     }
+    check_agents(&agents, &models, &cascades, &knowledge_bases, &mut errors);
     if !errors.is_empty() {
         bail!("the stack is inconsistent:\n  {}", errors.join("\n  "));
     }
-    Ok(StackPlan { models, cascades, knowledge_bases, skipped })
+    Ok(StackPlan { models, cascades, knowledge_bases, agents })
+}
+
+/// What a cluster resolves for Agents by name: the model or cascade, the knowledge bases and
+/// the agents delegated to must be in the stack; names must not collide with other
+/// `model` names.
+fn check_agents(
+    agents: &[Agent],
+    models: &[LocalModel],
+    cascades: &[Cascade],
+    knowledge_bases: &[KnowledgeBase],
+    errors: &mut Vec<String>,
+) {
+    let named = |name: &Option<String>, wanted: &str| name.as_deref() == Some(wanted);
+    for agent in agents {
+        let name = agent.metadata.name.clone().unwrap_or_default();
+        if models.iter().any(|m| m.name == name) || cascades.iter().any(|c| named(&c.metadata.name, &name)) {
+            errors.push(format!(
+                "Agent `{name}`: metadata.name: a Model or Cascade has this name; clients could not tell them apart"
+            ));
+        }
+        if agents.iter().filter(|a| named(&a.metadata.name, &name)).count() > 1 {
+            errors.push(format!("Agent `{name}`: metadata.name: two Agents share this name"));
+        }
+        match (&agent.spec.model.model, &agent.spec.model.cascade) {
+            (Some(model), _) => match models.iter().find(|m| &m.name == model) {
+                None => errors.push(format!("Agent `{name}`: spec.model.model: no Model `{model}` in the stack")),
+                Some(m) if m.task != ModelTask::Chat => errors.push(format!(
+                    "Agent `{name}`: spec.model.model: `{model}` is an embedding model; agents reason with chat models"
+                )),
+                Some(_) => {}
+            },
+            (None, Some(cascade)) => {
+                if !cascades.iter().any(|c| named(&c.metadata.name, cascade)) {
+                    errors.push(format!("Agent `{name}`: spec.model.cascade: no Cascade `{cascade}` in the stack"));
+                }
+            }
+            (None, None) => errors.push(format!("Agent `{name}`: spec.model: set model or cascade")),
+        }
+        let mut wanted_kbs: Vec<(String, &str)> = Vec::new();
+        for (i, tool) in agent.spec.tools.iter().enumerate() {
+            if let Some(retrieval) = &tool.retrieval {
+                wanted_kbs.push((format!("spec.tools[{i}].retrieval.knowledgeBase"), &retrieval.knowledge_base));
+            }
+            if let Some(delegate) = &tool.agent
+                && !agents.iter().any(|a| named(&a.metadata.name, &delegate.name))
+            {
+                errors.push(format!(
+                    "Agent `{name}`: spec.tools[{i}].agent.name: no Agent `{}` in the stack",
+                    delegate.name
+                ));
+            }
+        }
+        if let Some(long_term) = &agent.spec.memory.long_term {
+            wanted_kbs.push(("spec.memory.longTerm.knowledgeBase".into(), &long_term.knowledge_base));
+        }
+        for (field, kb) in wanted_kbs {
+            if !knowledge_bases.iter().any(|k| named(&k.metadata.name, kb)) {
+                errors.push(format!("Agent `{name}`: {field}: no KnowledgeBase `{kb}` in the stack"));
+            }
+        }
+    }
 }
 
 impl StackPlan {

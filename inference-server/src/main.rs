@@ -52,5 +52,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cascade(args) => hearth_server::cli::cascade(args).await,
         Command::Up(args) => hearth_server::cli::up(args).await,
         Command::Ingest(args) => hearth_server::cli::ingest(args).await,
+        Command::Agent(args) => hearth_server::cli::agent(args).await,
     }
 }

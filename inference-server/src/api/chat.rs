@@ -115,8 +115,15 @@ fn usage(prompt_tokens: usize, completion_tokens: usize) -> Usage {
 }
 
 /// `POST /v1/chat/completions`: a cascade's when the model names one, else a local model's.
-pub async fn chat_route(State(state): State<AppState>, RawBody(body): RawBody) -> Result<Response, ApiError> {
+pub async fn chat_route(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
+    if let Some(agent) = state.agent_for(&body) {
+        return super::agents::chat(agent, headers, &body).await;
+    }
     if let Some(cascade) = state.cascade_for(&body) {
         return Ok(cascade.handle(Route::Chat, parse_body(&body)?).await);
     }

@@ -31,6 +31,12 @@ pub enum ApiError {
     /// The model is not served here.
     #[error("the model `{0}` does not exist; GET /v1/models lists the served models")]
     ModelNotFound(String),
+    /// Something the path names does not exist (e.g. a run id).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the resource's state (e.g. approving a finished run).
+    #[error("{0}")]
+    Conflict(String),
     /// No knowledge base of this name is served here.
     #[error("the knowledge base `{0}` does not exist here")]
     KnowledgeBaseNotFound(String),
@@ -72,6 +78,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("payload_too_large")),
             Self::Unauthorized => (S::UNAUTHORIZED, "invalid_request_error", Some("invalid_api_key")),
             Self::ModelNotFound(_) => (S::NOT_FOUND, "invalid_request_error", Some("model_not_found")),
+            Self::NotFound(_) => (S::NOT_FOUND, "invalid_request_error", Some("not_found")),
+            Self::Conflict(_) => (S::CONFLICT, "invalid_request_error", Some("conflict")),
             Self::KnowledgeBaseNotFound(_) => (S::NOT_FOUND, "invalid_request_error", Some("knowledge_base_not_found")),
             Self::WrongTask { .. } => (S::BAD_REQUEST, "invalid_request_error", Some("model_task_mismatch")),
             Self::Engine(EngineError::QueueFull { .. }) => {

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub batch_size: Family<ModelLabels, Gauge>,
     /// The cascade router's metrics.
     pub cascade: crate::cascade::metrics::CascadeMetrics,
+    /// The agents' metrics.
+    pub agent: crate::agent::metrics::AgentMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -95,6 +97,7 @@ impl Default for Metrics {
         );
         registry.register("hearth_server_batch_size", "Sequences in the running batch", batch_size.clone());
         let cascade = crate::cascade::metrics::CascadeMetrics::register(&mut registry);
+        let agent = crate::agent::metrics::AgentMetrics::register(&mut registry);
         Self {
             registry,
             requests,
@@ -107,6 +110,7 @@ impl Default for Metrics {
             inflight_requests,
             batch_size,
             cascade,
+            agent,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP API: OpenAI-compatible routes, health, readiness and metrics, API keys, body
 //! limits, and a graceful drain on shutdown.
 
+pub mod agents;
 mod chat;
 mod embeddings;
 pub mod error;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub cascades: Arc<BTreeMap<String, Arc<CascadeRouter>>>,
     /// Knowledge bases served, by name.
     pub knowledge_bases: Arc<knowledge::KnowledgeBases>,
+    /// Agents served, by name (what clients pass as `model`).
+    pub agents: Arc<agents::Agents>,
 }
 
 impl AppState {
@@ -73,6 +76,7 @@ impl AppState {
             config: Arc::new(config),
             cascades: Arc::new(BTreeMap::new()),
             knowledge_bases: Arc::default(),
+            agents: Arc::default(),
         }
     }
 
@@ -88,16 +92,28 @@ impl AppState {
 
     /// The cascade a request body names as its `model`, if any.
     fn cascade_for(&self, body: &[u8]) -> Option<Arc<CascadeRouter>> {
-        #[derive(serde::Deserialize)]
-        struct Target {
-            model: String,
-        }
         if self.cascades.is_empty() {
             return None;
         }
-        let target: Target = serde_json::from_slice(body).ok()?;
-        self.cascades.get(&target.model).cloned()
+        self.cascades.get(&target_model(body)?).cloned()
     }
+
+    /// The agent a request body names as its `model`, if any.
+    fn agent_for(&self, body: &[u8]) -> Option<Arc<crate::agent::AgentRuntime>> {
+        if self.agents.is_empty() {
+            return None;
+        }
+        self.agents.get(&target_model(body)?)
+    }
+}
+
+/// The `model` a request body names.
+fn target_model(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Target {
+        model: String,
+    }
+    serde_json::from_slice::<Target>(body).ok().map(|t| t.model)
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -173,6 +189,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/knowledgebases/{name}/query", post(knowledge::query))
         .route("/v1/knowledgebases/{name}/ingest", post(knowledge::ingest))
+        .route("/v1/agents", get(agents::list))
+        .route("/v1/agents/{name}/runs", post(agents::start_run))
+        .route("/v1/agents/{name}/runs/{id}", get(agents::get_run))
+        .route("/v1/agents/{name}/runs/{id}/approve", post(agents::approve))
+        .route("/v1/agents/{name}/runs/{id}/reject", post(agents::reject))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .merge(v1)
@@ -245,6 +266,12 @@ async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
             object: "model".into(),
             created: 0,
             owned_by: "hearth-cascade".into(),
+        }))
+        .chain(state.agents.all().iter().map(|agent| ModelCard {
+            id: agent.name().to_owned(),
+            object: "model".into(),
+            created: 0,
+            owned_by: "hearth-agent".into(),
         }))
         .collect();
     Json(ModelList { object: "list".into(), data })

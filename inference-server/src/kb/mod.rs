@@ -13,6 +13,7 @@
 
 pub mod any;
 pub mod embedded;
+pub mod embedder;
 #[doc(hidden)]
 pub mod fake_qdrant;
 pub mod html;
@@ -36,8 +37,8 @@ use hearth_crds::knowledge_base::{RetrievalMode, VectorQuantization};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::registry::EmbeddingService;
 use any::AnyStore;
+use embedder::Embedder;
 use splitter::SplitterConfig;
 use store::{ChunkPayload, CollectionSpec, Distance, Hit, Point, Query, QueryMode, StoreError, VectorStore};
 use wordpiece::TokenizerCounter;
@@ -48,6 +49,9 @@ const CHUNK_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6865_6172_7468_2d6b_
 const EMBED_BATCH: usize = 32;
 /// Points per upsert.
 const UPSERT_BATCH: usize = 256;
+/// Source ids under this prefix are an agent's long-term memories, written through
+/// [`KnowledgeBase::remember`]; ingestion never treats them as stale.
+pub const MEMORY_SOURCE_PREFIX: &str = "memory:";
 
 /// Why an ingest or a query failed.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +169,7 @@ pub struct KnowledgeBase<S: VectorStore = AnyStore> {
     /// Relative `directory` sources are resolved against it (the stack file's directory).
     base_dir: PathBuf,
     collection: String,
-    embedder: Arc<EmbeddingService>,
+    embedder: Embedder,
     store: Arc<S>,
     ingesting: tokio::sync::Mutex<()>,
 }
@@ -177,26 +181,30 @@ impl<S: VectorStore> KnowledgeBase<S> {
         name: &str,
         spec: KnowledgeBaseSpec,
         base_dir: &Path,
-        embedder: Arc<EmbeddingService>,
+        embedder: impl Into<Embedder>,
         store: Arc<S>,
     ) -> Result<Self, KbError> {
+        let embedder = embedder.into();
         let collection =
             spec.store.qdrant.as_ref().and_then(|q| q.collection.clone()).unwrap_or_else(|| name.to_owned());
         let wanted = CollectionSpec {
             name: collection.clone(),
-            dimension: embedder.dimension,
+            dimension: embedder.dimension(),
             distance: Distance::Cosine,
             hnsw_m: spec.store.hnsw.m as usize,
             ef_construct: spec.store.hnsw.ef_construct as usize,
             int8_quantization: spec.store.quantization == VectorQuantization::Int8,
         };
         store.ensure_collection(&wanted).await.map_err(|source| KbError::Store { kb: name.to_owned(), source })?;
-        let limit = embedder.max_tokens.saturating_sub(2);
+        let limit = match &embedder {
+            Embedder::Local(service) => service.max_tokens.saturating_sub(2),
+            Embedder::Remote(_) => usize::MAX,
+        };
         if spec.chunking.chunk_tokens as usize > limit {
             tracing::warn!(
                 knowledge_base = name,
                 chunk_tokens = spec.chunking.chunk_tokens,
-                model = %embedder.name,
+                model = %embedder.name(),
                 model_tokens = limit,
                 "chunks are longer than the embedding model reads: their tails are found only by lexical search; \
                  set spec.chunking.chunkTokens to at most the model's limit"
@@ -216,6 +224,11 @@ impl<S: VectorStore> KnowledgeBase<S> {
     /// The knowledge base's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Hits a query returns when it does not say (the spec's `retrieval.topK`).
+    pub fn default_top_k(&self) -> usize {
+        self.spec.retrieval.top_k as usize
     }
 
     /// Chunks stored.
@@ -295,9 +308,18 @@ impl<S: VectorStore> KnowledgeBase<S> {
             chunk_tokens: self.spec.chunking.chunk_tokens as usize,
             overlap_tokens: self.spec.chunking.overlap_tokens as usize,
         };
-        let counter = TokenizerCounter::new((*self.embedder.tokenizer).clone()).map_err(|e| KbError::Embedding {
+        let Embedder::Local(service) = &self.embedder else {
+            return Err(KbError::Embedding {
+                kb: self.name.clone(),
+                model: self.embedder.name().to_owned(),
+                message: "ingestion needs the embedding model in this process (it measures chunks with the model's \
+                          tokenizer); run `hearth-server ingest`"
+                    .into(),
+            });
+        };
+        let counter = TokenizerCounter::new((*service.tokenizer).clone()).map_err(|e| KbError::Embedding {
             kb: self.name.clone(),
-            model: self.embedder.name.clone(),
+            model: service.name.clone(),
             message: format!("its tokenizer cannot count tokens: {e}"),
         })?;
         let stored = self.store.source_points(&self.collection).await.map_err(|e| self.store_error(e))?;
@@ -344,10 +366,10 @@ impl<S: VectorStore> KnowledgeBase<S> {
         for batch in missing.chunks(EMBED_BATCH) {
             let texts: Vec<String> = batch.iter().map(|(_, p)| p.text.clone()).collect();
             let embed_started = Instant::now();
-            let (vectors, _) = self.embedder.embed(texts).await.map_err(|e| KbError::Embedding {
+            let vectors = self.embedder.embed(texts).await.map_err(|message| KbError::Embedding {
                 kb: self.name.clone(),
-                model: self.embedder.name.clone(),
-                message: e.to_string(),
+                model: self.embedder.name().to_owned(),
+                message,
             })?;
             embedding += embed_started.elapsed();
             for ((id, payload), dense) in batch.iter().zip(vectors) {
@@ -373,7 +395,10 @@ impl<S: VectorStore> KnowledgeBase<S> {
 
         // Remove stale chunks: changed chunks of loaded sources, and sources that are gone.
         // A source that could not be read (or lies under one) keeps what it had.
-        let protected = |source: &str| unreadable.iter().any(|u| source == u || source.starts_with(&format!("{u}/")));
+        let protected = |source: &str| {
+            source.starts_with(MEMORY_SOURCE_PREFIX)
+                || unreadable.iter().any(|u| source == u || source.starts_with(&format!("{u}/")))
+        };
         let mut stale: Vec<uuid::Uuid> = Vec::new();
         for (source, ids) in &stored {
             match wanted.get(source) {
@@ -394,6 +419,45 @@ impl<S: VectorStore> KnowledgeBase<S> {
         Ok(report)
     }
 
+    /// Stores one memory (a short text) under `source`, which must start with
+    /// [`MEMORY_SOURCE_PREFIX`] so that ingestion keeps it. The same text under the same source
+    /// is stored once. Returns the point's id.
+    pub async fn remember(&self, source: &str, text: &str) -> Result<uuid::Uuid, KbError> {
+        if !source.starts_with(MEMORY_SOURCE_PREFIX) {
+            return Err(KbError::Invalid {
+                field: "source",
+                message: format!("memory sources start with `{MEMORY_SOURCE_PREFIX}`, got `{source}`"),
+            });
+        }
+        if text.trim().is_empty() {
+            return Err(KbError::Invalid { field: "text", message: "a memory must not be empty".into() });
+        }
+        let hash = hex(&Sha256::digest(text.as_bytes()));
+        let id = uuid::Uuid::new_v5(&CHUNK_NAMESPACE, format!("{source}\n0\n{hash}").as_bytes());
+        let mut vectors = self.embedder.embed(vec![text.to_owned()]).await.map_err(|message| KbError::Embedding {
+            kb: self.name.clone(),
+            model: self.embedder.name().to_owned(),
+            message,
+        })?;
+        let dense = vectors.pop().ok_or_else(|| KbError::Embedding {
+            kb: self.name.clone(),
+            model: self.embedder.name().to_owned(),
+            message: "the model returned no vector".into(),
+        })?;
+        let payload = ChunkPayload {
+            text: text.to_owned(),
+            source: source.to_owned(),
+            chunk_index: 0,
+            start: 0,
+            end: text.len(),
+            headings: Vec::new(),
+            content_hash: hash,
+        };
+        let point = Point { id, dense, sparse: sparse::document(text), payload };
+        self.store.upsert(&self.collection, vec![point]).await.map_err(|e| self.store_error(e))?;
+        Ok(id)
+    }
+
     /// Retrieves the chunks that best answer `request`.
     pub async fn query(&self, request: &QueryRequest) -> Result<Vec<Retrieved>, KbError> {
         if request.query.trim().is_empty() {
@@ -411,8 +475,8 @@ impl<S: VectorStore> KnowledgeBase<S> {
         let dense = if mode == QueryMode::Sparse {
             None
         } else {
-            let (mut vectors, _) = self.embedder.embed(vec![request.query.clone()]).await.map_err(|e| {
-                KbError::Embedding { kb: self.name.clone(), model: self.embedder.name.clone(), message: e.to_string() }
+            let mut vectors = self.embedder.embed(vec![request.query.clone()]).await.map_err(|message| {
+                KbError::Embedding { kb: self.name.clone(), model: self.embedder.name().to_owned(), message }
             })?;
             vectors.pop()
         };
