@@ -8,5 +8,6 @@ pub mod builders;
 pub mod controller;
 pub mod leader;
 pub mod metrics;
+pub mod qdrant;
 pub mod sizing;
 pub mod web;

@@ -41,9 +41,15 @@ struct Flags {
     /// Image of hearth-server built with CUDA, for nvidia models.
     #[arg(long, env = "HEARTH_SERVER_IMAGE_CUDA")]
     server_image_cuda: Option<String>,
-    /// StorageClass of model caches (default: the cluster's default).
+    /// StorageClass of model caches and managed Qdrant storage (default: the cluster's default).
     #[arg(long)]
     storage_class: Option<String>,
+    /// Image of the managed Qdrant run for KnowledgeBases that name no external one.
+    #[arg(long, env = "HEARTH_QDRANT_IMAGE")]
+    qdrant_image: Option<String>,
+    /// Storage claimed by each managed Qdrant (a quantity, e.g. 10Gi).
+    #[arg(long)]
+    qdrant_storage_size: Option<String>,
     /// A ConfigMap in the operator's namespace whose `profiles.yaml` adds or replaces
     /// hardware profiles (read at start).
     #[arg(long)]
@@ -74,6 +80,12 @@ async fn main() -> anyhow::Result<()> {
         build.server_image_cuda = image;
     }
     build.storage_class = flags.storage_class;
+    if let Some(image) = flags.qdrant_image {
+        build.qdrant_image = image;
+    }
+    if let Some(size) = flags.qdrant_storage_size {
+        build.qdrant_storage_size = size;
+    }
     build.operator_namespace = Some(flags.lease_namespace.clone());
     if let Some(name) = &flags.profiles_configmap {
         let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &flags.lease_namespace);

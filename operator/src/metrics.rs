@@ -19,7 +19,7 @@ pub struct ControllerLabels {
 pub struct ErrorLabels {
     /// The controller.
     pub controller: String,
-    /// conflict, throttled, server, timeout, invalid or other.
+    /// conflict, throttled, server, timeout, invalid, qdrant or other.
     pub reason: String,
 }
 

@@ -1,25 +1,36 @@
-//! The real Model and Cascade controllers against the in-memory API server: objects appear,
-//! status tells the truth, spec changes roll, faults are survived, nothing is duplicated.
+//! The real controllers against the in-memory API server (and a fake Qdrant admin): objects
+//! appear, status tells the truth, spec changes roll, faults are survived, nothing is
+//! duplicated.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+
+use hearth_crds::agent::Agent;
 use hearth_crds::conditions::{ESCALATION_BUDGET_EXCEEDED, READY, STALLED, find_condition};
+use hearth_crds::knowledge_base::{DeletionPolicy, KnowledgeBase, QdrantStore};
 use hearth_crds::router::RouterReport;
+use hearth_crds::runtime::{AgentRuntimeConfig, IngestSummary};
 use hearth_crds::{Cascade, ConditionStatus, Model, Resource as StackResource, parse_stack};
 use hearth_operator::builders::BuildContext;
+use hearth_operator::builders::restricted_profile_violations;
+use hearth_operator::controller::knowledge_base::{COLLECTION_READY, INDEXED};
 use hearth_operator::controller::{self, Context};
 use hearth_operator::metrics::Metrics;
-use hearth_test_apiserver::{FakeApiServer, Fault, Verb};
-use k8s_openapi::api::apps::v1::Deployment;
+use hearth_operator::qdrant::{Collection, CollectionShape, CollectionTuning, QdrantAdmin, QdrantAdminError};
+use hearth_test_apiserver::{FakeApiServer, Fault, ResourceInfo, Verb};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Service};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -51,8 +62,76 @@ fn cascade() -> Cascade {
         .unwrap()
 }
 
+/// Collections in memory, keyed by (server URL, name), with a log of every change.
+#[derive(Default)]
+struct FakeQdrant {
+    collections: Mutex<BTreeMap<(String, String), CollectionShape>>,
+    log: Mutex<Vec<String>>,
+}
+
+impl FakeQdrant {
+    fn shape(&self, url: &str, name: &str) -> Option<CollectionShape> {
+        self.collections.lock().unwrap().get(&(url.to_owned(), name.to_owned())).copied()
+    }
+
+    fn put(&self, url: &str, name: &str, shape: CollectionShape) {
+        self.collections.lock().unwrap().insert((url.to_owned(), name.to_owned()), shape);
+    }
+
+    fn logged(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl QdrantAdmin for FakeQdrant {
+    fn describe<'a>(
+        &'a self,
+        url: &'a str,
+        collection: &'a str,
+    ) -> BoxFuture<'a, Result<Collection, QdrantAdminError>> {
+        Box::pin(async move { Ok(self.shape(url, collection).map_or(Collection::Missing, Collection::Hearth)) })
+    }
+
+    fn create<'a>(
+        &'a self,
+        url: &'a str,
+        collection: &'a str,
+        shape: CollectionShape,
+    ) -> BoxFuture<'a, Result<(), QdrantAdminError>> {
+        Box::pin(async move {
+            self.log.lock().unwrap().push(format!("create {collection} {}", shape.dimension));
+            self.put(url, collection, shape);
+            Ok(())
+        })
+    }
+
+    fn tune<'a>(
+        &'a self,
+        url: &'a str,
+        collection: &'a str,
+        tuning: CollectionTuning,
+    ) -> BoxFuture<'a, Result<(), QdrantAdminError>> {
+        Box::pin(async move {
+            self.log.lock().unwrap().push(format!("tune {collection} m={}", tuning.hnsw_m));
+            let mut collections = self.collections.lock().unwrap();
+            let shape = collections.get_mut(&(url.to_owned(), collection.to_owned())).expect("tuned after created");
+            shape.tuning = tuning;
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, url: &'a str, collection: &'a str) -> BoxFuture<'a, Result<bool, QdrantAdminError>> {
+        Box::pin(async move {
+            self.log.lock().unwrap().push(format!("delete {collection}"));
+            Ok(self.collections.lock().unwrap().remove(&(url.to_owned(), collection.to_owned())).is_some())
+        })
+    }
+}
+
 struct Harness {
     server: FakeApiServer,
+    /// The Qdrant the KnowledgeBase controller manages collections on.
+    qdrant: Arc<FakeQdrant>,
     metrics: Arc<Metrics>,
     client: Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -67,7 +146,11 @@ impl Harness {
     }
 
     async fn start_with(builder: hearth_test_apiserver::Builder) -> Self {
-        let server = builder.start().await;
+        // Pods, for the termination messages of ingestion Jobs.
+        let pods = ResourceInfo::namespaced(ApiResource::erase::<Pod>(&())).with_status();
+        let server = builder.resource(pods).start().await;
+        let qdrant = Arc::new(FakeQdrant::default());
+        let task_qdrant: Arc<dyn QdrantAdmin> = qdrant.clone();
         let client = server.client();
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let _ = namespaces
@@ -94,13 +177,17 @@ impl Harness {
                     (!reports.is_empty()).then_some(reports)
                 })
             });
-            let ctx = Arc::new(Context::new(task_client, BuildContext::new(), task_metrics).with_router_probe(probe));
+            let ctx = Arc::new(
+                Context::new(task_client, BuildContext::new(), task_metrics)
+                    .with_router_probe(probe)
+                    .with_qdrant_admin(task_qdrant),
+            );
             controller::run(ctx, None, async {
                 let _ = stopped.await;
             })
             .await;
         });
-        Self { server, metrics, client, stop: Some(stop), task, reports }
+        Self { server, qdrant, metrics, client, stop: Some(stop), task, reports }
     }
 
     /// Stops the operator (as a crash would: no cleanup) and waits for it to end.
@@ -391,4 +478,335 @@ async fn a_cascade_waits_for_its_models_and_follows_their_readiness() {
     let budget = find_condition(&status.conditions, ESCALATION_BUDGET_EXCEEDED).expect("the budget condition");
     assert_eq!(budget.status, ConditionStatus::True);
     assert_eq!(budget.message, "70.0% of the last 200 requests escalated past the first stage; the budget is 50.0%");
+}
+
+// ---------------------------------------------------------------- knowledge bases
+
+fn knowledge_base(name: &str) -> KnowledgeBase {
+    quickstart()
+        .into_iter()
+        .find_map(|r| match r {
+            StackResource::KnowledgeBase(kb) if kb.name_any() == name => Some(*kb),
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// The quickstart's handbook on an external Qdrant without an API key.
+fn external_knowledge_base(name: &str, policy: DeletionPolicy) -> KnowledgeBase {
+    let mut kb = knowledge_base("handbook");
+    kb.metadata.name = Some(name.into());
+    kb.spec.store.qdrant =
+        Some(QdrantStore { url: EXTERNAL_QDRANT.into(), api_key_secret_ref: None, collection: None });
+    kb.spec.deletion_policy = policy;
+    kb
+}
+
+const EXTERNAL_QDRANT: &str = "http://qdrant.db:6334";
+const MINILM: CollectionShape = CollectionShape {
+    dimension: 384,
+    tuning: CollectionTuning { hnsw_m: 16, ef_construct: 100, int8_quantization: false },
+};
+
+impl Harness {
+    async fn kb_condition(&self, name: &str, type_: &str) -> Option<(ConditionStatus, String, String)> {
+        let kb = self.api::<KnowledgeBase>().get_opt(name).await.ok()??;
+        let c = find_condition(&kb.status?.conditions, type_)?.clone();
+        Some((c.status, c.reason, c.message))
+    }
+
+    /// The embedding model, its server ready and its status reporting 384 dimensions.
+    async fn ready_minilm(&self) {
+        self.api::<Model>().create(&PostParams::default(), &model("minilm")).await.unwrap();
+        let dimension = json!({"status": {"embeddingDimension": 384}});
+        self.api::<Model>().patch_status("minilm", &PatchParams::default(), &Patch::Merge(dimension)).await.unwrap();
+        self.eventually("the minilm server", 20, || async {
+            self.api::<Deployment>().get_opt("minilm-server").await.ok().flatten()
+        })
+        .await;
+        self.make_ready("minilm-server").await;
+        self.eventually("minilm Ready", 20, || async {
+            self.model_condition("minilm", READY).await.filter(|c| c.0 == ConditionStatus::True)
+        })
+        .await;
+    }
+
+    async fn ingest_jobs(&self, kb: &str) -> Vec<Job> {
+        let selector = format!("hearth.dev/knowledge-base={kb}");
+        self.api::<Job>().list(&ListParams::default().labels(&selector)).await.map(|l| l.items).unwrap_or_default()
+    }
+
+    /// Finishes an ingestion Job as the Job controller and kubelet would: a pod whose `ingest`
+    /// container left `message` as its termination message, then the Job's status.
+    async fn finish_job(&self, job: &str, succeeded: bool, message: &str, at: &str) {
+        let pods = self.api::<Pod>();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("{job}-abcde"), "labels": {"job-name": job}},
+            "spec": {"containers": [{"name": "ingest", "image": "hearth-server"}], "restartPolicy": "Never"},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        let status = json!({"status": {
+            "phase": if succeeded { "Succeeded" } else { "Failed" },
+            "containerStatuses": [{
+                "name": "ingest", "image": "hearth-server", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": if succeeded { 0 } else { 1 }, "finishedAt": at, "message": message}},
+            }],
+        }});
+        pods.patch_status(&format!("{job}-abcde"), &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+        let condition = if succeeded { "Complete" } else { "Failed" };
+        let mut status =
+            json!({"status": {"conditions": [{"type": condition, "status": "True", "lastTransitionTime": at}]}});
+        if succeeded {
+            status["status"]["succeeded"] = json!(1);
+            status["status"]["completionTime"] = json!(at);
+        } else {
+            status["status"]["failed"] = json!(3);
+        }
+        self.api::<Job>().patch_status(job, &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_knowledge_base_gets_a_managed_qdrant_a_collection_and_an_ingestion_it_reports() {
+    let h = Harness::start().await;
+    h.ready_minilm().await;
+    h.api::<KnowledgeBase>().create(&PostParams::default(), &knowledge_base("handbook")).await.unwrap();
+
+    // No external Qdrant: a managed one, restricted, behind its own Service and policy.
+    let set = h
+        .eventually("the managed Qdrant", 20, || async {
+            h.api::<StatefulSet>().get_opt("handbook-qdrant").await.ok().flatten()
+        })
+        .await;
+    let pod = set.spec.as_ref().and_then(|s| s.template.spec.as_ref()).unwrap();
+    assert_eq!(restricted_profile_violations(pod), Vec::<String>::new());
+    assert!(h.api::<Service>().get_opt("handbook-qdrant").await.unwrap().is_some());
+    assert!(h.api::<NetworkPolicy>().get_opt("handbook-qdrant").await.unwrap().is_some());
+    let (_, reason, _) = h
+        .eventually("waiting for Qdrant", 20, || async {
+            h.kb_condition("handbook", COLLECTION_READY).await.filter(|c| c.0 == ConditionStatus::False)
+        })
+        .await;
+    assert_eq!(reason, "QdrantStarting");
+    assert!(h.ingest_jobs("handbook").await.is_empty(), "no ingestion before the collection");
+
+    let ready = json!({"status": {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1}});
+    h.api::<StatefulSet>()
+        .patch_status("handbook-qdrant", &PatchParams::default(), &Patch::Merge(ready))
+        .await
+        .unwrap();
+    let url = "http://handbook-qdrant.ai.svc.cluster.local:6334";
+    let created = h.eventually("the collection", 20, || async { h.qdrant.shape(url, "ai-handbook") }).await;
+    assert_eq!(created, MINILM);
+
+    let job =
+        h.eventually("the ingestion Job", 20, || async { h.ingest_jobs("handbook").await.into_iter().next() }).await;
+    let job_name = job.name_any();
+    assert!(job_name.starts_with("handbook-ingest-"), "{job_name}");
+    assert!(h.api::<CronJob>().get_opt("handbook-reindex").await.unwrap().is_some(), "the schedule's CronJob");
+    let (status, reason, _) = h.kb_condition("handbook", READY).await.unwrap();
+    assert_eq!((status, reason.as_str()), (ConditionStatus::False, "NotIndexed"));
+
+    let summary = IngestSummary {
+        knowledge_base: "handbook".into(),
+        documents: 3,
+        chunks: 12,
+        added: 12,
+        removed: 0,
+        skipped: 1,
+        seconds: 4.23,
+        error: None,
+    };
+    let message = format!("{}\n", serde_json::to_string(&summary).unwrap());
+    h.finish_job(&job_name, true, &message, "2025-06-01T03:00:00Z").await;
+    h.eventually("Ready", 20, || async {
+        h.kb_condition("handbook", READY).await.filter(|c| c.0 == ConditionStatus::True)
+    })
+    .await;
+    let status = h.api::<KnowledgeBase>().get("handbook").await.unwrap().status.unwrap();
+    assert_eq!((status.documents, status.chunks, status.skipped_documents), (3, 12, 1));
+    assert_eq!(status.last_index_duration_seconds, Some(4.2));
+    assert_eq!(status.last_indexed_time.map(|t| t.0.to_string()), Some("2025-06-01T03:00:00Z".to_owned()));
+    assert_eq!(status.collection.as_deref(), Some("ai-handbook"));
+    let indexed = find_condition(&status.conditions, INDEXED).unwrap();
+    assert_eq!(indexed.status, ConditionStatus::True);
+    assert!(indexed.message.contains(&job_name), "{}", indexed.message);
+    assert!(!find_condition(&status.conditions, STALLED).is_some_and(|c| c.status == ConditionStatus::True));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_ingestion_says_why_and_never_makes_the_knowledge_base_ready() {
+    let h = Harness::start().await;
+    h.ready_minilm().await;
+    h.api::<KnowledgeBase>()
+        .create(&PostParams::default(), &external_knowledge_base("handbook", DeletionPolicy::Delete))
+        .await
+        .unwrap();
+    let job =
+        h.eventually("the ingestion Job", 20, || async { h.ingest_jobs("handbook").await.into_iter().next() }).await;
+    let failure = IngestSummary {
+        knowledge_base: "handbook".into(),
+        error: Some("ConfigMap handbook: no such directory /configmaps/handbook".into()),
+        ..IngestSummary::default()
+    };
+    h.finish_job(&job.name_any(), false, &serde_json::to_string(&failure).unwrap(), "2025-06-01T03:00:00Z").await;
+    let (_, reason, message) = h
+        .eventually("Indexed=False", 20, || async {
+            h.kb_condition("handbook", INDEXED).await.filter(|c| c.1 == "IngestFailed")
+        })
+        .await;
+    assert_eq!(reason, "IngestFailed");
+    assert!(message.contains("no such directory /configmaps/handbook"), "{message}");
+    let (ready, _, _) = h.kb_condition("handbook", READY).await.unwrap();
+    assert_eq!(ready, ConditionStatus::False);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dimension_mismatch_stalls_and_never_recreates_the_collection() {
+    let h = Harness::start().await;
+    let mpnet = CollectionShape { dimension: 768, ..MINILM };
+    h.qdrant.put(EXTERNAL_QDRANT, "ai-handbook", mpnet);
+    h.ready_minilm().await;
+    h.api::<KnowledgeBase>()
+        .create(&PostParams::default(), &external_knowledge_base("handbook", DeletionPolicy::Delete))
+        .await
+        .unwrap();
+    let (_, reason, message) = h
+        .eventually("Stalled", 20, || async {
+            h.kb_condition("handbook", STALLED).await.filter(|c| c.0 == ConditionStatus::True)
+        })
+        .await;
+    assert_eq!(reason, "DimensionMismatch");
+    for part in ["ai-handbook", "768", "384", "minilm"] {
+        assert!(message.contains(part), "{part} in {message}");
+    }
+    let (ready, _, _) = h.kb_condition("handbook", READY).await.unwrap();
+    assert_eq!(ready, ConditionStatus::False);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(h.ingest_jobs("handbook").await.is_empty(), "nothing is ingested into the wrong collection");
+    assert_eq!(h.qdrant.shape(EXTERNAL_QDRANT, "ai-handbook"), Some(mpnet));
+    assert!(h.qdrant.logged().is_empty(), "{:?}", h.qdrant.logged());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collections_are_tuned_in_place_and_deleted_with_the_knowledge_base_unless_retained() {
+    let h = Harness::start().await;
+    h.ready_minilm().await;
+    let kbs = h.api::<KnowledgeBase>();
+    kbs.create(&PostParams::default(), &external_knowledge_base("handbook", DeletionPolicy::Delete)).await.unwrap();
+    kbs.create(&PostParams::default(), &external_knowledge_base("kept", DeletionPolicy::Retain)).await.unwrap();
+    for collection in ["ai-handbook", "ai-kept"] {
+        h.eventually("the collections", 20, || async { h.qdrant.shape(EXTERNAL_QDRANT, collection) }).await;
+    }
+    let kb = kbs.get("handbook").await.unwrap();
+    assert_eq!(kb.metadata.finalizers.as_deref(), Some(&["hearth.dev/collection".to_owned()][..]));
+    h.eventually("status.collection", 20, || async {
+        kbs.get("handbook").await.ok()?.status?.collection.filter(|c| c == "ai-handbook")
+    })
+    .await;
+
+    kbs.patch("handbook", &PatchParams::default(), &Patch::Merge(json!({"spec": {"store": {"hnsw": {"m": 32}}}})))
+        .await
+        .unwrap();
+    h.eventually("tuned in place", 20, || async {
+        h.qdrant.shape(EXTERNAL_QDRANT, "ai-handbook").filter(|s| s.tuning.hnsw_m == 32)
+    })
+    .await;
+    assert_eq!(h.qdrant.shape(EXTERNAL_QDRANT, "ai-handbook").unwrap().dimension, 384);
+
+    for name in ["handbook", "kept"] {
+        kbs.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    h.eventually("both gone", 20, || async {
+        (kbs.get_opt("handbook").await.ok()?.is_none() && kbs.get_opt("kept").await.ok()?.is_none()).then_some(())
+    })
+    .await;
+    assert_eq!(h.qdrant.shape(EXTERNAL_QDRANT, "ai-handbook"), None, "deleted");
+    assert_eq!(h.qdrant.shape(EXTERNAL_QDRANT, "ai-kept"), Some(MINILM), "deletionPolicy: Retain");
+    assert!(!h.qdrant.logged().contains(&"delete ai-kept".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_source_is_stalled_naming_the_field() {
+    let h = Harness::start().await;
+    let mut kb = external_knowledge_base("handbook", DeletionPolicy::Delete);
+    kb.spec.sources = vec![serde_json::from_value(json!({"directory": {"path": "./handbook"}})).unwrap()];
+    h.api::<KnowledgeBase>().create(&PostParams::default(), &kb).await.unwrap();
+    let (_, reason, message) = h
+        .eventually("Stalled", 20, || async {
+            h.kb_condition("handbook", STALLED).await.filter(|c| c.0 == ConditionStatus::True)
+        })
+        .await;
+    assert_eq!(reason, "DirectorySource");
+    assert!(message.starts_with("spec.sources[0].directory"), "{message}");
+    assert!(h.ingest_jobs("handbook").await.is_empty());
+}
+
+// ---------------------------------------------------------------- agents
+
+fn assistant() -> Agent {
+    let agent = json!({
+        "apiVersion": "hearth.dev/v1alpha1",
+        "kind": "Agent",
+        "metadata": {"name": "assistant"},
+        "spec": {
+            "model": {"model": "gemma3-270m"},
+            "tools": [{"calculator": {}}],
+            "guardrails": {"egress": ["api.example.com:443"]},
+        },
+    });
+    serde_json::from_value(agent).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_is_ready_only_once_its_model_is_and_calls_it_at_its_endpoint() {
+    let h = Harness::start().await;
+    let agents = h.api::<Agent>();
+    agents.create(&PostParams::default(), &assistant()).await.unwrap();
+    let agent_ready = || async {
+        let a = agents.get_opt("assistant").await.ok()??;
+        let c = find_condition(&a.status?.conditions, READY)?.clone();
+        Some((c.status, c.reason, c.message))
+    };
+    let (_, reason, message) = h.eventually("waiting for the model", 20, agent_ready).await;
+    assert_eq!(reason, "DependenciesNotReady");
+    assert_eq!(message, "Model gemma3-270m does not exist");
+    assert!(h.api::<Deployment>().get_opt("assistant-agent").await.unwrap().is_some());
+
+    h.api::<Model>().create(&PostParams::default(), &model("gemma3-270m")).await.unwrap();
+    h.eventually("Model gemma3-270m not Ready", 20, || async {
+        agent_ready().await.filter(|c| c.2 == "Model gemma3-270m not Ready")
+    })
+    .await;
+    h.make_ready("gemma3-270m-server").await;
+    let (status, _, _) = h
+        .eventually("the runtime is next", 20, || async { agent_ready().await.filter(|c| c.1 == "RuntimeNotReady") })
+        .await;
+    assert_eq!(status, ConditionStatus::False);
+
+    let endpoint = h.api::<Model>().get("gemma3-270m").await.unwrap().status.unwrap().endpoint.unwrap();
+    let config_map = h.api::<ConfigMap>().get("assistant-agent").await.unwrap();
+    let config: AgentRuntimeConfig = serde_yaml::from_str(&config_map.data.unwrap()["agent.yaml"]).unwrap();
+    assert_eq!(config.model.name, "gemma3-270m");
+    assert_eq!(config.model.endpoint, endpoint);
+    assert_eq!(config.spec, assistant().spec);
+
+    let policy = h.api::<NetworkPolicy>().get("assistant-agent").await.unwrap();
+    let egress = serde_json::to_value(policy.spec.unwrap().egress.unwrap()).unwrap();
+    assert_eq!(
+        egress,
+        json!([
+            {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+            {"to": [{"podSelector": {"matchLabels": {"hearth.dev/model": "gemma3-270m", "app.kubernetes.io/component": "server"}}}],
+             "ports": [{"port": 8080, "protocol": "TCP"}]},
+            {"ports": [{"port": 443, "protocol": "TCP"}]},
+        ])
+    );
+
+    h.make_ready("assistant-agent").await;
+    h.eventually("Ready", 20, || async { agent_ready().await.filter(|c| c.0 == ConditionStatus::True) }).await;
+    let status = agents.get("assistant").await.unwrap().status.unwrap();
+    assert_eq!(status.endpoint.as_deref(), Some("http://assistant-agent.ai.svc.cluster.local:8080/v1"));
+    assert_eq!(status.tool_count, 1);
 }

@@ -31,6 +31,11 @@ pub struct BuildContext {
     pub operator_namespace: Option<String>,
     /// The cluster's DNS domain, for endpoint URLs.
     pub cluster_domain: String,
+    /// Image of the managed Qdrant a KnowledgeBase gets when it names no external one: the
+    /// official image, pinned by tag (hybrid queries need Qdrant 1.16 or later).
+    pub qdrant_image: String,
+    /// Size of a managed Qdrant's storage claim (a quantity).
+    pub qdrant_storage_size: String,
     /// Hardware profiles models are sized against.
     pub profiles: Vec<HardwareProfile>,
 }
@@ -55,6 +60,8 @@ impl BuildContext {
             )]),
             operator_namespace: None,
             cluster_domain: "cluster.local".into(),
+            qdrant_image: "docker.io/qdrant/qdrant:v1.19.1".into(),
+            qdrant_storage_size: "10Gi".into(),
             profiles: builtin_profiles(),
         }
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use hearth_crds::{Cascade, Model};
+use hearth_crds::{Agent, Cascade, KnowledgeBase, Model};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::Resource;
 
@@ -13,6 +13,10 @@ use super::{BuildContext, BuildError};
 pub const MODEL_LABEL: &str = "hearth.dev/model";
 /// Label naming the Cascade an object belongs to.
 pub const CASCADE_LABEL: &str = "hearth.dev/cascade";
+/// Label naming the KnowledgeBase an object belongs to.
+pub const KNOWLEDGE_BASE_LABEL: &str = "hearth.dev/knowledge-base";
+/// Label naming the Agent an object belongs to.
+pub const AGENT_LABEL: &str = "hearth.dev/agent";
 /// The port every Hearth server listens on (API, health and metrics).
 pub const HTTP_PORT: i32 = 8080;
 
@@ -46,12 +50,31 @@ pub fn cascade_endpoint(cascade: &Cascade, ctx: &BuildContext) -> String {
     service_endpoint(&format!("{name}-router"), namespace, &ctx.cluster_domain)
 }
 
+/// An Agent's in-cluster endpoint: `http://<agent>-agent.<ns>.svc.<domain>:8080/v1`.
+pub fn agent_endpoint(agent: &Agent, ctx: &BuildContext) -> String {
+    let name = agent.meta().name.as_deref().unwrap_or_default();
+    let namespace = agent.meta().namespace.as_deref().unwrap_or("default");
+    service_endpoint(&format!("{name}-agent"), namespace, &ctx.cluster_domain)
+}
+
+/// `base` followed by `suffix`, at most `max` characters: a longer `base` is cut and a short
+/// hash of it added, so two long names that share a prefix still differ.
+pub(crate) fn bounded_name(base: &str, suffix: &str, max: usize) -> String {
+    if base.len() + suffix.len() <= max {
+        return format!("{base}{suffix}");
+    }
+    let hash = &super::server::sha256_hex(base)[..5];
+    let keep = max.saturating_sub(suffix.len() + hash.len() + 1);
+    let cut = base[..keep.min(base.len())].trim_end_matches('-');
+    format!("{cut}-{hash}{suffix}")
+}
+
 /// The resource that owns the objects being built: its identity, labels and owner reference.
 #[derive(Clone, Debug)]
 pub(crate) struct Owner {
     pub name: String,
     pub namespace: String,
-    /// `hearth.dev/model` or `hearth.dev/cascade`.
+    /// `hearth.dev/model`, `hearth.dev/cascade`, `hearth.dev/knowledge-base` or `hearth.dev/agent`.
     resource_label: &'static str,
     /// `app.kubernetes.io/name`.
     app_name: &'static str,
@@ -67,6 +90,16 @@ impl Owner {
     /// The owner of a Cascade's objects.
     pub fn cascade(cascade: &Cascade) -> Result<Self, BuildError> {
         Self::of(cascade, "Cascade", CASCADE_LABEL, "hearth-cascade")
+    }
+
+    /// The owner of a KnowledgeBase's objects.
+    pub fn knowledge_base(knowledge_base: &KnowledgeBase) -> Result<Self, BuildError> {
+        Self::of(knowledge_base, "KnowledgeBase", KNOWLEDGE_BASE_LABEL, "hearth-knowledge-base")
+    }
+
+    /// The owner of an Agent's objects.
+    pub fn agent(agent: &Agent) -> Result<Self, BuildError> {
+        Self::of(agent, "Agent", AGENT_LABEL, "hearth-agent")
     }
 
     fn of<K>(
@@ -156,6 +189,16 @@ mod tests {
         for bad in ["3b-model", "a.b", "Upper", "trailing-", &"x".repeat(54)] {
             assert!(check_name("Model", bad).is_err(), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn bounded_names_keep_short_names_and_cut_long_ones_with_a_hash() {
+        assert_eq!(bounded_name("handbook", "-reindex", 52), "handbook-reindex");
+        let long = "a".repeat(53);
+        let cut = bounded_name(&long, "-reindex", 52);
+        assert_eq!(cut.len(), 52);
+        assert!(cut.ends_with("-reindex"));
+        assert_ne!(cut, bounded_name(&format!("{}b", "a".repeat(52)), "-reindex", 52));
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! server-side apply what these return and delete what they leave out.
 //!
 //! Every owned object is named after its resource (`<model>-server`, `<model>-cache`,
-//! `<cascade>-router`), carries the `app.kubernetes.io/*` labels plus `hearth.dev/model` or
-//! `hearth.dev/cascade`, and a controller owner reference to the resource.
+//! `<cascade>-router`, `<kb>-ingest-<hash>`, `<kb>-qdrant`, `<agent>-agent`), carries the
+//! `app.kubernetes.io/*` labels plus `hearth.dev/<kind>`, and a controller owner reference to
+//! the resource.
 //!
 //! Errors are split in two. [`BuildError`] means nothing can be built (the resource lacks a
 //! uid or namespace, or its name cannot be turned into Kubernetes names). Everything else
@@ -12,25 +13,38 @@
 //! with `deployment: None` and `blocked` saying why, so the controller applies what is there,
 //! deletes what is `None`, and turns the notes into conditions.
 
+mod agent;
 mod autoscaling;
 mod cache;
 mod cascade;
 mod context;
+mod knowledge_base;
 mod metadata;
 mod model;
 mod network_policy;
+mod qdrant;
 mod security;
 mod server;
 
+pub use agent::{
+    AGENT_DATA_DIR, AgentObjects, Dependency, ResolvedAgent, ResolvedKnowledgeBase, agent_config,
+    agent_knowledge_bases, delegated_agents, desired_agent_objects,
+};
 pub use autoscaling::scaled_object_resource;
 pub use cache::{served_path, weights_format};
 pub use cascade::{CascadeObjects, ResolvedStage, desired_cascade_objects, router_config};
 pub use context::BuildContext;
 pub use hearth_crds::router::{RouterConfig, RouterStage};
+pub use knowledge_base::{
+    CollectionTarget, INGEST_COMPONENT, INGEST_HASH_ANNOTATION, KnowledgeBaseObjects, collection_name,
+    desired_knowledge_base_objects, ingest_hash, reindex_cron_job_name, resolved_knowledge_base_spec,
+};
 pub use metadata::{
-    CASCADE_LABEL, HTTP_PORT, MODEL_LABEL, cascade_endpoint, client_label, model_endpoint, service_endpoint,
+    AGENT_LABEL, CASCADE_LABEL, HTTP_PORT, KNOWLEDGE_BASE_LABEL, MODEL_LABEL, agent_endpoint, cascade_endpoint,
+    client_label, model_endpoint, service_endpoint,
 };
 pub use model::{ModelObjects, desired_model_objects};
+pub use qdrant::{ManagedQdrant, QDRANT_GRPC_PORT, QDRANT_HTTP_PORT, managed_qdrant_url, qdrant_stateful_set_name};
 pub use security::{RUN_AS_USER, restricted_profile_violations};
 
 /// Why no objects could be built for a resource at all.
@@ -78,6 +92,10 @@ pub enum NoteReason {
     SizingUnknown,
     /// Scale to zero was asked but cannot be done; the autoscaler keeps one replica.
     ScaleToZeroUnavailable,
+    /// A KnowledgeBase source is a local directory, which only `hearth-server up` reads.
+    DirectorySource,
+    /// A KnowledgeBase's embedding Model has task chat.
+    NotAnEmbeddingModel,
 }
 
 impl NoteReason {
@@ -88,6 +106,8 @@ impl NoteReason {
             Self::UnknownProfile => "UnknownProfile",
             Self::SizingUnknown => "SizingUnknown",
             Self::ScaleToZeroUnavailable => "ScaleToZeroUnavailable",
+            Self::DirectorySource => "DirectorySource",
+            Self::NotAnEmbeddingModel => "NotAnEmbeddingModel",
         }
     }
 }

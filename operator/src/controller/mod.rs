@@ -6,7 +6,9 @@
 //! timeouts) are retried with a short backoff; a spec that cannot work is reported in status
 //! (Stalled) and waits for a change instead of looping.
 
+pub mod agent;
 pub mod cascade;
+pub mod knowledge_base;
 pub mod model;
 
 use std::fmt::Debug;
@@ -25,6 +27,7 @@ use serde::de::DeserializeOwned;
 
 use crate::builders::{BuildContext, BuildError};
 use crate::metrics::{ErrorLabels, Metrics};
+use crate::qdrant::{GrpcQdrantAdmin, QdrantAdmin};
 
 /// The field manager of every write the operator makes.
 pub const MANAGER: &str = "hearth-operator";
@@ -61,13 +64,28 @@ pub struct Context {
     pub reporter: Reporter,
     /// Reads Cascade routers' escalation reports.
     pub router_probe: RouterProbe,
+    /// Manages KnowledgeBases' Qdrant collections.
+    pub qdrant: Arc<dyn QdrantAdmin>,
 }
 
 impl Context {
     /// A context with the operator's default Event reporter.
     pub fn new(client: Client, build: BuildContext, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-        Self { client, build, metrics, reporter, router_probe: http_router_probe() }
+        Self {
+            client,
+            build,
+            metrics,
+            reporter,
+            router_probe: http_router_probe(),
+            qdrant: Arc::new(GrpcQdrantAdmin::default()),
+        }
+    }
+
+    /// The same context managing collections through `admin`.
+    pub fn with_qdrant_admin(mut self, admin: Arc<dyn QdrantAdmin>) -> Self {
+        self.qdrant = admin;
+        self
     }
 
     /// The same context reading routers through `probe`.
@@ -94,22 +112,44 @@ pub enum Error {
     /// The resource has no namespace.
     #[error("{0} has no namespace")]
     NoNamespace(String),
+    /// An object read from the API server does not have the expected shape.
+    #[error("cannot read {0}")]
+    Decode(String),
+    /// A Qdrant server could not be reached or refused a call.
+    #[error(transparent)]
+    Qdrant(#[from] crate::qdrant::QdrantAdminError),
+    /// Adding or removing a finalizer, or the work it guards, failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+fn kube_reason(error: &kube::Error) -> &'static str {
+    match error {
+        kube::Error::Api(status) => match status.code {
+            409 => "conflict",
+            429 => "throttled",
+            408 | 504 => "timeout",
+            500..=599 => "server",
+            _ => "other",
+        },
+        kube::Error::HyperError(_) | kube::Error::Service(_) => "timeout",
+        _ => "other",
+    }
 }
 
 impl Error {
-    /// A bounded reason label: conflict, throttled, server, timeout, invalid or other.
+    /// A bounded reason label: conflict, throttled, server, timeout, invalid, qdrant or other.
     pub fn reason(&self) -> &'static str {
+        use kube::runtime::finalizer::Error as Finalizer;
         match self {
-            Self::Kube(kube::Error::Api(status)) => match status.code {
-                409 => "conflict",
-                429 => "throttled",
-                408 | 504 => "timeout",
-                500..=599 => "server",
-                _ => "other",
+            Self::Kube(e) => kube_reason(e),
+            Self::Build(_) | Self::NoNamespace(_) | Self::Decode(_) => "invalid",
+            Self::Qdrant(_) => "qdrant",
+            Self::Finalizer(e) => match e.as_ref() {
+                Finalizer::ApplyFailed(e) | Finalizer::CleanupFailed(e) => e.reason(),
+                Finalizer::AddFinalizer(e) | Finalizer::RemoveFinalizer(e) => kube_reason(e),
+                Finalizer::UnnamedObject | Finalizer::InvalidFinalizer => "invalid",
             },
-            Self::Kube(kube::Error::HyperError(_) | kube::Error::Service(_)) => "timeout",
-            Self::Kube(_) => "other",
-            Self::Build(_) | Self::NoNamespace(_) => "invalid",
         }
     }
 
@@ -119,6 +159,7 @@ impl Error {
             "conflict" => Duration::from_millis(500),
             "throttled" => Duration::from_secs(5),
             "server" | "timeout" => Duration::from_secs(2),
+            "qdrant" => Duration::from_secs(15),
             // A broken object will not mend itself: wait for a change, with a slow safety net.
             "invalid" => Duration::from_secs(300),
             _ => Duration::from_secs(15),
@@ -188,7 +229,7 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     }
 }
 
-/// Runs the Model and Cascade controllers until `shutdown` resolves. `namespace` limits
+/// Runs the Model, Cascade, KnowledgeBase and Agent controllers until `shutdown` resolves. `namespace` limits
 /// them to one namespace; `None` watches all.
 pub async fn run(
     ctx: Arc<Context>,
@@ -196,9 +237,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     use futures::StreamExt;
-    use hearth_crds::{Cascade, Model};
-    use k8s_openapi::api::apps::v1::Deployment;
+    use hearth_crds::{Agent, Cascade, KnowledgeBase, Model};
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
     use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use k8s_openapi::api::batch::v1::Job;
     use k8s_openapi::api::core::v1::{ConfigMap, Service};
     use kube::runtime::reflector::ObjectRef;
     use kube::runtime::{Controller, watcher};
@@ -242,7 +284,7 @@ pub async fn run(
     let cascades = cascade_controller.store();
     let cascades = cascade_controller
         .owns(scoped::<Deployment>(&client, &namespace), owned.clone())
-        .owns(scoped::<ConfigMap>(&client, &namespace), owned)
+        .owns(scoped::<ConfigMap>(&client, &namespace), owned.clone())
         // A Model's readiness or endpoint changing re-reconciles the Cascades that use it.
         .watches(scoped::<Model>(&client, &namespace), watcher::Config::default(), move |model: Model| {
             let ns = model.namespace();
@@ -254,12 +296,103 @@ pub async fn run(
                 .map(|c| ObjectRef::from_obj(c.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .graceful_shutdown_on(stopped(stop_rx))
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(cascade::reconcile, |c, e, ctx| error_policy(c.as_ref(), e, &ctx, cascade::NAME), ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "cascade controller event");
             }
         });
-    futures::join!(models, cascades);
+
+    let kb_controller = Controller::new(scoped::<KnowledgeBase>(&client, &namespace), watcher::Config::default());
+    let knowledge_bases = kb_controller.store();
+    let knowledge_bases = kb_controller
+        .owns(scoped::<ConfigMap>(&client, &namespace), owned.clone())
+        .owns(scoped::<StatefulSet>(&client, &namespace), owned.clone())
+        // Ingestion Jobs, the CronJob's included (they carry the KnowledgeBase's label, not
+        // its owner reference).
+        .watches(scoped::<Job>(&client, &namespace), owned.clone(), |job: Job| {
+            let name = job.labels().get(crate::builders::KNOWLEDGE_BASE_LABEL).cloned();
+            let ns = job.namespace();
+            name.map(|name| match ns {
+                Some(ns) => ObjectRef::<KnowledgeBase>::new(&name).within(&ns),
+                None => ObjectRef::new(&name),
+            })
+        })
+        // The embedding Model's readiness (and dimension) gates the collection and ingestion.
+        .watches(scoped::<Model>(&client, &namespace), watcher::Config::default(), move |model: Model| {
+            let ns = model.namespace();
+            let name = model.name_any();
+            knowledge_bases
+                .state()
+                .into_iter()
+                .filter(|kb| kb.namespace() == ns && kb.spec.embedding.model == name)
+                .map(|kb| ObjectRef::from_obj(kb.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(
+            knowledge_base::reconcile,
+            |kb, e, ctx| error_policy(kb.as_ref(), e, &ctx, knowledge_base::NAME),
+            ctx.clone(),
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "knowledge base controller event");
+            }
+        });
+
+    let agent_controller = Controller::new(scoped::<Agent>(&client, &namespace), watcher::Config::default());
+    let agents = agent_controller.store();
+    // The Agents that use a Model, Cascade, KnowledgeBase or Agent of this name and namespace.
+    let users = move |kind: &'static str| {
+        let agents = agents.clone();
+        move |ns: Option<String>, name: String| {
+            agents
+                .state()
+                .into_iter()
+                .filter(|a| a.namespace() == ns && agent_uses(a, kind, &name))
+                .map(|a| ObjectRef::from_obj(a.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let (by_model, by_cascade, by_kb, by_agent) =
+        (users("Model"), users("Cascade"), users("KnowledgeBase"), users("Agent"));
+    let agents = agent_controller
+        .owns(scoped::<Deployment>(&client, &namespace), owned.clone())
+        .owns(scoped::<ConfigMap>(&client, &namespace), owned)
+        .watches(scoped::<Model>(&client, &namespace), watcher::Config::default(), move |m: Model| {
+            by_model(m.namespace(), m.name_any())
+        })
+        .watches(scoped::<Cascade>(&client, &namespace), watcher::Config::default(), move |c: Cascade| {
+            by_cascade(c.namespace(), c.name_any())
+        })
+        .watches(scoped::<KnowledgeBase>(&client, &namespace), watcher::Config::default(), move |k: KnowledgeBase| {
+            by_kb(k.namespace(), k.name_any())
+        })
+        .watches(scoped::<Agent>(&client, &namespace), watcher::Config::default(), move |a: Agent| {
+            by_agent(a.namespace(), a.name_any())
+        })
+        .graceful_shutdown_on(stopped(stop_rx))
+        .run(agent::reconcile, |a, e, ctx| error_policy(a.as_ref(), e, &ctx, agent::NAME), ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "agent controller event");
+            }
+        });
+    futures::join!(models, cascades, knowledge_bases, agents);
+}
+
+/// Whether `agent` uses the `kind` (Model, Cascade, KnowledgeBase or Agent) named `name`.
+/// A KnowledgeBase's embedding Model counts only through the KnowledgeBase, which turns Ready
+/// after its Model does.
+fn agent_uses(agent: &hearth_crds::Agent, kind: &str, name: &str) -> bool {
+    let spec = &agent.spec;
+    match kind {
+        "Model" => spec.model.model.as_deref() == Some(name),
+        "Cascade" => spec.model.cascade.as_deref() == Some(name),
+        "KnowledgeBase" => crate::builders::agent_knowledge_bases(agent).iter().any(|kb| kb == name),
+        "Agent" => crate::builders::delegated_agents(agent).iter().any(|a| a == name),
+        _ => false,
+    }
 }
