@@ -162,7 +162,8 @@ async fn a_tool_call_runs_and_its_observation_reaches_the_next_step() {
     // The system message lists the tool with its schema; the goal comes last.
     let first = model.seen(0);
     assert!(first[0]["content"].as_str().unwrap().contains("- calculator:"));
-    assert_eq!(first.last().unwrap()["content"], "Goal: What is 17 times 23?");
+    let goal = first.last().unwrap()["content"].as_str().unwrap().to_owned();
+    assert!(goal.starts_with("Goal: What is 17 times 23?\n\nReply with one JSON object only"), "{goal}");
     // The run is kept for the runs API.
     assert_eq!(agent.get(&run.id).unwrap().answer, run.answer);
 }
@@ -330,6 +331,7 @@ async fn memory_is_recalled_across_runs_and_restarts() {
     assert_eq!(roles, ["system", "user", "assistant", "user"]);
     assert_eq!(shown[1]["content"], "Remember: my locker code is 4417.");
     assert_eq!(shown[2]["content"], "Your locker code is 4417.");
+    assert!(shown[3]["content"].as_str().unwrap().starts_with("Goal: What is my locker code?"));
     let system = shown[0]["content"].as_str().unwrap();
     assert!(
         system.contains("Earlier run: goal: Remember: my locker code is 4417.; used no tools; answered"),

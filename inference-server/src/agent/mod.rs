@@ -274,6 +274,9 @@ pub struct AgentRuntime {
     llm: ChatClient,
     tools: Vec<Tool>,
     system: String,
+    /// The answer format again, right before the model answers: small models follow the
+    /// instruction nearest the end.
+    reminder: String,
     memory: Arc<MemoryStore>,
     long_term: Option<Arc<KnowledgeBase>>,
     metrics: AgentMetrics,
@@ -301,7 +304,19 @@ impl AgentRuntime {
         let cards: Vec<ToolCard<'_>> =
             tools.iter().map(|t| ToolCard { name: &t.name, description: &t.description, schema: &t.schema }).collect();
         let system = prompt::system_message(spec.system_prompt.as_deref(), &cards);
-        Self { name: name.to_owned(), spec, llm, tools, system, memory, long_term, metrics, runs: Mutex::default() }
+        let reminder = prompt::reminder(&cards);
+        Self {
+            name: name.to_owned(),
+            spec,
+            llm,
+            tools,
+            system,
+            reminder,
+            memory,
+            long_term,
+            metrics,
+            runs: Mutex::default(),
+        }
     }
 
     /// The agent's name.
@@ -447,7 +462,7 @@ impl AgentRuntime {
             history.into_iter().skip(skip).filter(|m| m.role == "user" || m.role == "assistant").collect()
         };
         messages.extend(history);
-        messages.push(Message::new("user", format!("Goal: {}", run.input)));
+        messages.push(Message::new("user", format!("Goal: {}\n\n{}", run.input, self.reminder)));
         messages
     }
 

@@ -52,6 +52,41 @@ pub fn system_message(system_prompt: Option<&str>, tools: &[ToolCard<'_>]) -> St
     out
 }
 
+/// The closing line of the goal message: reply with JSON now, with a concrete example built
+/// from the first tool's schema (its string fields filled with `...`).
+pub fn reminder(tools: &[ToolCard<'_>]) -> String {
+    let example = tools.first().map(|tool| {
+        let mut arguments = serde_json::Map::new();
+        if let Some(properties) = tool.schema.get("properties").and_then(Value::as_object) {
+            let required: Vec<&str> = tool
+                .schema
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            for (name, property) in properties.iter().filter(|(name, _)| required.contains(&name.as_str())) {
+                let sample = match property.get("type").and_then(Value::as_str) {
+                    Some("integer" | "number") => Value::from(1),
+                    Some("boolean") => Value::Bool(true),
+                    _ => Value::String("...".into()),
+                };
+                arguments.insert(name.clone(), sample);
+            }
+        }
+        format!(
+            r#"{{"thought": "...", "action": {}, "arguments": {}}}"#,
+            Value::from(tool.name),
+            Value::Object(arguments)
+        )
+    });
+    match example {
+        Some(example) => format!(
+            "Reply with one JSON object only, either a tool call like {example} or {{\"thought\": \"...\", \"final_answer\": \"...\"}}."
+        ),
+        None => "Reply with one JSON object only: {\"thought\": \"...\", \"final_answer\": \"...\"}.".to_owned(),
+    }
+}
+
 /// Wraps untrusted text in the delimiters, escaping any delimiter inside it.
 pub fn untrusted(text: &str) -> String {
     let escaped =
@@ -186,6 +221,18 @@ mod tests {
         assert_eq!(wrapped.matches(UNTRUSTED_CLOSE).count(), 1);
         assert_eq!(wrapped.matches(UNTRUSTED_OPEN).count(), 1);
         assert!(wrapped.ends_with(UNTRUSTED_CLOSE));
+    }
+
+    #[test]
+    fn the_reminder_shows_a_call_of_the_first_tool() {
+        let schema = json!({"type": "object", "properties": {"expression": {"type": "string"}, "n": {"type": "integer"}},
+            "required": ["expression", "n"]});
+        let text = reminder(&[ToolCard { name: "calculator", description: "", schema: &schema }]);
+        assert!(
+            text.contains(r#"{"thought": "...", "action": "calculator", "arguments": {"expression":"...","n":1}}"#),
+            "{text}"
+        );
+        assert!(reminder(&[]).contains("final_answer"));
     }
 
     #[test]
