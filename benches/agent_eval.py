@@ -8,7 +8,7 @@ it). Each model gets the same agent (calculator + handbook retrieval, 5 iteratio
 Printed per model: success by kind, mean steps and tool calls, stop reasons, and seconds per
 run. This is the baseline a Cascade (or a larger model) should lift; it is reported as it is.
 
-Usage: benches/agent_eval.py [--models gemma3-270m,smollm2-135m,qwen2.5-0.5b] [--binary PATH]
+Usage: benches/agent_eval.py [--models gemma3-270m,smollm2-135m,qwen25-05b] [--binary PATH]
 Models come from the cache scripts/fetch-models.py fills (checksums verified there).
 """
 
@@ -30,8 +30,8 @@ CACHE = pathlib.Path(os.environ.get("HEARTH_CACHE", pathlib.Path.home() / ".cach
 MODELS = {
     "gemma3-270m": ("gemma3-270m-q4_k_m.gguf", 4096),
     "smollm2-135m": ("smollm2-135m-instruct-q4_1.gguf", 2048),
-    "qwen2.5-0.5b": ("qwen2.5-coder-0.5b-instruct.gguf", 4096),
-    "qwen2.5-1.5b": ("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", 4096),
+    "qwen25-05b": ("qwen2.5-coder-0.5b-instruct.gguf", 4096),
+    "qwen25-15b": ("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", 4096),
 }
 
 TASKS = [
@@ -93,7 +93,7 @@ def post(url, body, timeout=600):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="gemma3-270m,smollm2-135m,qwen2.5-0.5b")
+    parser.add_argument("--models", default="gemma3-270m,smollm2-135m,qwen25-05b")
     parser.add_argument("--binary", default=None)
     parser.add_argument("--threads", default="2")
     parser.add_argument("--trace", action="store_true", help="print every run's steps")
