@@ -366,18 +366,7 @@ fn response_for(message: &Value, id: u64) -> Option<Result<Value, McpError>> {
 
 /// Reads at most `max_bytes` of a body; the flag says whether more was there.
 async fn read_limited(response: reqwest::Response, max_bytes: usize) -> Result<(Vec<u8>, bool), McpError> {
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|error| McpError::Transport(error.to_string()))?;
-        let room = max_bytes.saturating_sub(body.len());
-        if chunk.len() > room {
-            body.extend_from_slice(&chunk[..room]);
-            return Ok((body, true));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok((body, false))
+    super::openapi::read_capped(response, max_bytes).await.map_err(|error| McpError::Transport(error.to_string()))
 }
 
 /// One content item of a tool result as text.

@@ -664,7 +664,9 @@ pub fn random_id() -> String {
 fn observation_message(tool: &str, observation: &str, outcome: StepOutcome) -> String {
     match outcome {
         StepOutcome::ToolOk => format!(
-            "Observation from `{tool}`:\n{observation}\nReflect: does this answer the goal? Reply with the next JSON object."
+            "Observation from `{tool}`:\n{observation}\nReflect on it. If it is enough, reply with \
+             {{\"thought\": ..., \"final_answer\": ...}} where final_answer answers the goal itself \
+             (not a judgement of this observation); otherwise call another tool. Reply with one JSON object."
         ),
         _ => format!(
             "The call of `{tool}` did not succeed:\n{observation}\nRe-plan: fix the arguments, use another tool, \

@@ -176,25 +176,12 @@ pub async fn chat(agent: Arc<AgentRuntime>, headers: HeaderMap, body: &[u8]) -> 
     let request: ChatCompletionRequest = parse_body(body)?;
     let mut messages = Vec::with_capacity(request.messages.len());
     for (i, m) in request.messages.into_iter().enumerate() {
-        let text = match m.content {
-            None => String::new(),
-            Some(MessageContent::Text(t)) => t,
-            Some(MessageContent::Parts(parts)) => {
-                let mut text = String::new();
-                for part in parts {
-                    match (part.kind.as_str(), part.text) {
-                        ("text", Some(t)) => text.push_str(&t),
-                        (kind, _) => {
-                            return Err(ApiError::invalid(
-                                "messages",
-                                format!("messages[{i}]: content parts of type `{kind}` are not supported; send text"),
-                            ));
-                        }
-                    }
-                }
-                text
+        let text = super::chat::message_text(m.content).map_err(|e| match e {
+            ApiError::InvalidRequest { message, .. } => {
+                ApiError::invalid("messages", format!("messages[{i}]: {message}"))
             }
-        };
+            other => other,
+        })?;
         messages.push(Message { role: m.role, content: text });
     }
     let Some(last) = messages.pop().filter(|m| m.role == "user") else {

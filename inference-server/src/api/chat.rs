@@ -30,7 +30,7 @@ fn chat_model(state: &AppState, name: &str) -> Result<Arc<ChatModel>, ApiError> 
     }
 }
 
-fn message_text(content: Option<MessageContent>) -> Result<String, ApiError> {
+pub(super) fn message_text(content: Option<MessageContent>) -> Result<String, ApiError> {
     match content {
         None => Ok(String::new()),
         Some(MessageContent::Text(t)) => Ok(t),
