@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 use crate::agent::AgentSpec;
 use crate::knowledge_base::KnowledgeBaseSpec;
 
+/// Name of the dense vector of every knowledge-base collection (written by `hearth-server`,
+/// created and tuned by the operator).
+pub const DENSE_VECTOR_NAME: &str = "dense";
+/// Name of the sparse (BM25-style, IDF modifier) vector of every knowledge-base collection.
+pub const SPARSE_VECTOR_NAME: &str = "text";
+
 /// Where the agent runtime reads its configuration in a cluster.
 pub const AGENT_CONFIG_PATH: &str = "/etc/hearth/agent/agent.yaml";
 /// Where an http tool's OpenAPI document is mounted in a cluster:

@@ -17,10 +17,7 @@ use futures::future::BoxFuture;
 use qdrant_client::qdrant as pb;
 use qdrant_client::{Qdrant, QdrantError};
 
-/// The dense vector's name, as `hearth-server` names it.
-pub const DENSE_VECTOR_NAME: &str = "dense";
-/// The sparse (BM25-style) vector's name, as `hearth-server` names it.
-pub const SPARSE_VECTOR_NAME: &str = "text";
+pub use hearth_crds::runtime::{DENSE_VECTOR_NAME, SPARSE_VECTOR_NAME};
 /// The payload field holding a chunk's source; it gets a keyword index.
 const SOURCE_FIELD: &str = "source";
 /// Qdrant's HNSW defaults, for collections that state none.

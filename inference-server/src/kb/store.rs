@@ -10,12 +10,7 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Name of the sparse vector every collection carries (Qdrant: a named sparse vector with the IDF
-/// modifier).
-pub const SPARSE_VECTOR_NAME: &str = "text";
-
-/// Name of the dense vector every collection carries (Qdrant: a named dense vector).
-pub const DENSE_VECTOR_NAME: &str = "dense";
+pub use hearth_crds::runtime::{DENSE_VECTOR_NAME, SPARSE_VECTOR_NAME};
 
 /// The `k` of reciprocal rank fusion: a point at 0-based rank `r` in a prefetch adds `1 / (k + r)`,
 /// the formula Qdrant uses for `fusion: rrf` with `k` set.
