@@ -497,13 +497,24 @@ async fn serve_knowledge_bases(
             );
         };
         let store = stores.for_spec(&name, &kb.spec)?;
+        let schedule = kb
+            .spec
+            .schedule
+            .as_deref()
+            .map(crate::kb::schedule::Schedule::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("KnowledgeBase `{name}`: spec.schedule: {e}"))?;
         let opened = crate::kb::KnowledgeBase::open(&name, kb.spec.clone(), base_dir, embedder, store).await?;
         tracing::info!(knowledge_base = %name, "ingesting");
         let report = opened.ingest().await?;
         for skipped in &report.skipped {
             tracing::warn!(knowledge_base = %name, source = %skipped.source, reason = %skipped.reason, "source skipped");
         }
-        state.knowledge_bases.insert(Arc::new(opened));
+        let opened = Arc::new(opened);
+        if let Some(schedule) = schedule {
+            tokio::spawn(reindex_on_schedule(opened.clone(), schedule));
+        }
+        state.knowledge_bases.insert(opened);
         reports.push((name, report));
     }
     Ok(reports)
@@ -639,6 +650,23 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, agent = %config.name, model = %config.model.name, tools = %tool_names, "serving the agent");
     api::serve(listener, state, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Re-ingests a knowledge base whenever its schedule fires (checked each minute, UTC); a failed
+/// run is logged and leaves the store as it was.
+async fn reindex_on_schedule(kb: Arc<crate::kb::KnowledgeBase>, schedule: crate::kb::schedule::Schedule) {
+    loop {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        tokio::time::sleep(std::time::Duration::from_secs(60 - now.as_secs() % 60)).await;
+        if !schedule.matches(crate::kb::schedule::Moment::now()) {
+            continue;
+        }
+        match kb.ingest().await {
+            Ok(report) => tracing::info!(knowledge_base = %kb.name(), added = report.added, removed = report.removed,
+                "scheduled re-index done"),
+            Err(e) => tracing::warn!(knowledge_base = %kb.name(), "scheduled re-index failed: {e}"),
+        }
+    }
 }
 
 /// Reads and validates a stack file, and plans it against the model cache.

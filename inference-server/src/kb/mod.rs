@@ -20,6 +20,7 @@ pub mod html;
 pub mod loaders;
 pub mod qdrant;
 pub mod robots;
+pub mod schedule;
 pub mod sparse;
 pub mod splitter;
 pub mod store;
