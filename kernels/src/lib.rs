@@ -1,0 +1,268 @@
+//! Hearth's CPU kernels: `y = x · Wᵀ` for GGUF-quantized weight matrices `W`.
+//!
+//! The activations `x` are quantized to 8 bits per block (as ggml does), the dot products run
+//! on integers, and each block's integer sum is scaled once. The SIMD path (AVX2 + FMA + F16C
+//! on x86-64) is chosen at run time from the CPU's features, never from compile-time flags, so
+//! one binary runs on any x86-64 machine; other CPUs use the portable path.
+//!
+//! The matmul is tiled for reuse: the weight rows are split across threads, each weight row
+//! is unpacked once per block and multiplied with four activation rows at a time, and the
+//! activation rows are walked in tiles that stay in cache. One pass over the weights serves a
+//! whole prompt chunk or a whole decode batch, instead of one pass per row.
+
+mod activations;
+pub mod blocks;
+mod portable;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use rayon::prelude::*;
+
+pub use activations::QuantizedActivations;
+use activations::Row;
+pub use blocks::{ActivationBlocks, WeightType};
+
+/// Why a matrix could not be built or multiplied.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KernelError {
+    /// The columns are not whole blocks of the weight type.
+    #[error("{ty} needs a multiple of {block} columns, found {cols}")]
+    Columns {
+        /// The weight type's name.
+        ty: &'static str,
+        /// Weights per block.
+        block: usize,
+        /// The matrix's columns.
+        cols: usize,
+    },
+    /// The data is not `rows * cols / block` blocks.
+    #[error("a {rows} x {cols} {ty} matrix takes {expected} bytes, found {found}")]
+    Size {
+        /// The weight type's name.
+        ty: &'static str,
+        /// Rows.
+        rows: usize,
+        /// Columns.
+        cols: usize,
+        /// Bytes expected.
+        expected: usize,
+        /// Bytes given.
+        found: usize,
+    },
+    /// Input or output of the wrong length.
+    #[error("{what}: expected {expected} values, found {found}")]
+    Shape {
+        /// Which buffer.
+        what: &'static str,
+        /// Values expected.
+        expected: usize,
+        /// Values given.
+        found: usize,
+    },
+}
+
+/// The instruction set the kernels run with. Only [`Isa::detect`] and [`Isa::portable`] make
+/// one, so holding an `Isa` that names a SIMD path proves the CPU supports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Isa(IsaKind);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IsaKind {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Isa {
+    /// The fastest path this CPU supports (read once, then cached).
+    pub fn detect() -> Self {
+        static DETECTED: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            if x86::available() {
+                return Isa(IsaKind::Avx2);
+            }
+            Isa(IsaKind::Portable)
+        })
+    }
+
+    /// The portable path, on any CPU.
+    pub fn portable() -> Self {
+        Isa(IsaKind::Portable)
+    }
+
+    /// A short name for logs and benchmarks.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            IsaKind::Portable => "portable",
+            #[cfg(target_arch = "x86_64")]
+            IsaKind::Avx2 => "avx2+fma+f16c",
+        }
+    }
+
+    #[inline]
+    fn dot<const R: usize>(self, ty: WeightType, w: &[u8], rows: &[Row<'_>; R]) -> [f32; R] {
+        match self.0 {
+            IsaKind::Portable => portable::dot(ty, w, rows),
+            // SAFETY: an `Isa` naming AVX2 exists only after `x86::available()` said yes.
+            #[cfg(target_arch = "x86_64")]
+            #[allow(unsafe_code)]
+            IsaKind::Avx2 => unsafe { x86::dot(ty, w, rows) },
+        }
+    }
+}
+
+/// A quantized weight matrix `[rows, cols]` (one output per row), in GGUF's block layout.
+#[derive(Clone)]
+pub struct QuantizedMatrix {
+    ty: WeightType,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for QuantizedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuantizedMatrix").field("ty", &self.ty).field("rows", &self.rows).field("cols", &self.cols).finish()
+    }
+}
+
+/// Weight rows handed to one task.
+const ROWS_PER_TASK: usize = 16;
+/// Bytes of quantized activations walked per tile (kept in L2 while a task's rows pass over it).
+const TILE_BYTES: usize = 96 * 1024;
+
+impl QuantizedMatrix {
+    /// Wraps `data`: `rows` rows of `cols / block_values` blocks each.
+    pub fn new(ty: WeightType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, KernelError> {
+        if cols == 0 || !cols.is_multiple_of(ty.block_values()) {
+            return Err(KernelError::Columns { ty: ty.name(), block: ty.block_values(), cols });
+        }
+        let expected = rows * cols / ty.block_values() * ty.block_bytes();
+        if data.len() != expected {
+            return Err(KernelError::Size { ty: ty.name(), rows, cols, expected, found: data.len() });
+        }
+        Ok(Self { ty, rows, cols, data })
+    }
+
+    /// The weight type.
+    pub fn weight_type(&self) -> WeightType {
+        self.ty
+    }
+
+    /// Rows (outputs).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (inputs).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes of weights.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block_values() * self.ty.block_bytes()
+    }
+
+    fn row(&self, i: usize) -> &[u8] {
+        let n = self.row_bytes();
+        &self.data[i * n..(i + 1) * n]
+    }
+
+    /// Row `i` dequantized into `out` (`cols` floats): an embedding lookup.
+    pub fn dequantize_row(&self, i: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        if i >= self.rows {
+            return Err(KernelError::Shape { what: "row index", expected: self.rows, found: i });
+        }
+        if out.len() != self.cols {
+            return Err(KernelError::Shape { what: "row output", expected: self.cols, found: out.len() });
+        }
+        blocks::dequantize_row(self.ty, self.row(i), out);
+        Ok(())
+    }
+
+    /// `out = x · Wᵀ` for `x` of `m` rows (`[m, cols]`, row-major) into `out` (`[m, rows]`),
+    /// on the rayon pool, with the fastest path this CPU has.
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        self.matmul_with(Isa::detect(), x, m, out)
+    }
+
+    /// [`matmul`](Self::matmul) on a chosen instruction set.
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        if x.len() != m * self.cols {
+            return Err(KernelError::Shape { what: "matmul input", expected: m * self.cols, found: x.len() });
+        }
+        if out.len() != m * self.rows {
+            return Err(KernelError::Shape { what: "matmul output", expected: m * self.rows, found: out.len() });
+        }
+        if m == 0 {
+            return Ok(());
+        }
+        let acts = QuantizedActivations::quantize(x, m, self.cols, self.ty.activation_blocks());
+        self.multiply(isa, &acts, out);
+        Ok(())
+    }
+
+    /// `out = acts · Wᵀ` for activations quantized already (`acts.k() == cols`).
+    pub fn matmul_quantized(&self, isa: Isa, acts: &QuantizedActivations, out: &mut [f32]) -> Result<(), KernelError> {
+        if acts.k() != self.cols || acts.blocks() != self.ty.activation_blocks() {
+            return Err(KernelError::Shape { what: "quantized activations (columns)", expected: self.cols, found: acts.k() });
+        }
+        if out.len() != acts.rows() * self.rows {
+            return Err(KernelError::Shape { what: "matmul output", expected: acts.rows() * self.rows, found: out.len() });
+        }
+        self.multiply(isa, acts, out);
+        Ok(())
+    }
+
+    fn multiply(&self, isa: Isa, acts: &QuantizedActivations, out: &mut [f32]) {
+        let m = acts.rows();
+        let rows: Vec<Row<'_>> = (0..m).map(|i| acts.row(i)).collect();
+        if m == 1 {
+            // One activation row: outputs are contiguous per task already.
+            let row = [rows[0]];
+            out.par_chunks_mut(4 * ROWS_PER_TASK).enumerate().for_each(|(task, dst)| {
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = isa.dot(self.ty, self.row(task * 4 * ROWS_PER_TASK + j), &row)[0];
+                }
+            });
+            return;
+        }
+        // Each task owns ROWS_PER_TASK weight rows and writes their outputs for every activation
+        // row into its part of a transposed buffer ([rows, m]), so tasks never share memory.
+        let per_activation_row = self.cols + self.cols / acts.blocks().values() * 6;
+        let tile = (TILE_BYTES / per_activation_row).max(4) / 4 * 4;
+        let mut transposed = vec![0.0f32; self.rows * m];
+        transposed.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, dst)| {
+            let first = task * ROWS_PER_TASK;
+            for start in (0..m).step_by(tile) {
+                let end = (start + tile).min(m);
+                for (j, dst) in dst.chunks_exact_mut(m).enumerate() {
+                    let w = self.row(first + j);
+                    let mut i = start;
+                    while i + 4 <= end {
+                        let four = [rows[i], rows[i + 1], rows[i + 2], rows[i + 3]];
+                        dst[i..i + 4].copy_from_slice(&isa.dot(self.ty, w, &four));
+                        i += 4;
+                    }
+                    for i in i..end {
+                        dst[i] = isa.dot(self.ty, w, &[rows[i]])[0];
+                    }
+                }
+            }
+        });
+        out.par_chunks_mut(self.rows).enumerate().for_each(|(i, out)| {
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = transposed[j * m + i];
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;
