@@ -20,7 +20,8 @@ mod transcode;
 use std::io::{Read, Seek};
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor, gguf_file};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
+use hearth_kernels::{QuantizedMatrix, WeightType};
 use candle_core::{DType, Device, Module, Tensor};
 
 pub use cache::KvCache;
@@ -78,6 +79,19 @@ pub enum ModelError {
         /// The model's context length.
         limit: usize,
     },
+    /// An environment setting holds a value this backend does not know.
+    #[error("{name} should be {expected}, found `{found}`")]
+    Setting {
+        /// The variable.
+        name: &'static str,
+        /// What it may hold.
+        expected: &'static str,
+        /// What it holds.
+        found: String,
+    },
+    /// A weight could not be laid out for Hearth's CPU kernels (a shape they cannot take).
+    #[error("CPU kernel: {0}")]
+    Kernel(String),
     /// The caller passed inconsistent arguments (no tokens, a cache of another model, ...).
     #[error("invalid input: {0}")]
     InvalidInput(String),
@@ -99,24 +113,114 @@ impl RmsNorm {
     }
 }
 
-/// A weight matrix as candle multiplies it, plus the per-block offsets of a re-encoded
-/// `d * q + m` type (see [`transcode`]).
+/// A weight matrix: Hearth's own CPU kernels over the GGUF blocks (`hearth-kernels`), or candle's
+/// `QMatMul` plus the per-block offsets of a re-encoded `d * q + m` type (see [`transcode`]).
 #[derive(Debug)]
-struct Linear {
-    weight: QMatMul,
-    /// `[in / 32, out]`, added as `block_sums(x) @ offsets`.
-    block_offsets: Option<Tensor>,
+enum Linear {
+    Kernel(Arc<QuantizedMatrix>),
+    Candle {
+        weight: QMatMul,
+        /// `[in / 32, out]`, added as `block_sums(x) @ offsets`.
+        block_offsets: Option<Tensor>,
+    },
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.weight.forward(x)?;
-        let Some(offsets) = &self.block_offsets else {
-            return Ok(y);
+        match self {
+            Linear::Kernel(w) => {
+                let (rows, k) = x.dims2()?;
+                let input = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let mut out = vec![0.0f32; rows * w.rows()];
+                debug_assert_eq!(k, w.cols());
+                w.matmul(&input, rows, &mut out).map_err(candle_core::Error::wrap)?;
+                Tensor::from_vec(out, (rows, w.rows()), x.device())
+            }
+            Linear::Candle { weight, block_offsets } => {
+                let y = weight.forward(x)?;
+                let Some(offsets) = block_offsets else {
+                    return Ok(y);
+                };
+                let (rows, k) = x.dims2()?;
+                let sums = x.reshape((rows, k / transcode::BLOCK, transcode::BLOCK))?.sum(2)?;
+                y + sums.matmul(offsets)?
+            }
+        }
+    }
+}
+
+/// The token embedding table: candle's quantized lookup, or rows of the kernel matrix that the
+/// tied output layer multiplies with (one copy of the weights for both).
+#[derive(Debug)]
+enum Embedding {
+    Candle(Arc<QTensor>),
+    Kernel(Arc<QuantizedMatrix>),
+}
+
+impl Embedding {
+    fn lookup(&self, tokens: &[u32], device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Embedding::Candle(table) => table.embedding(&Tensor::new(tokens, device)?),
+            Embedding::Kernel(table) => {
+                let cols = table.cols();
+                let mut out = vec![0.0f32; tokens.len() * cols];
+                for (&token, row) in tokens.iter().zip(out.chunks_exact_mut(cols)) {
+                    table.dequantize_row(token as usize, row).map_err(candle_core::Error::wrap)?;
+                }
+                Tensor::from_vec(out, (tokens.len(), cols), device)
+            }
+        }
+    }
+}
+
+/// Which CPU matmul a quantized weight type gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuMatmul {
+    /// Hearth's kernels for the 32-weight block types (Q4_0, Q4_1, Q5_0, Q8_0), where they beat
+    /// candle in `benches/matmul.rs`; candle's for the k-quants, where candle's are faster.
+    Auto,
+    /// Hearth's kernels for every type they cover (Q4_K and Q6_K too).
+    Hearth,
+    /// candle's `QMatMul` for everything (with Q4_1/Q5_0/Q5_1 re-encoded), the peer in benchmarks.
+    Candle,
+}
+
+impl CpuMatmul {
+    /// Reads `HEARTH_CPU_MATMUL` (`auto`, `hearth` or `candle`; unset means `auto`).
+    pub fn from_env() -> Result<Self, ModelError> {
+        Self::parse(std::env::var("HEARTH_CPU_MATMUL").ok().as_deref())
+    }
+
+    /// Parses a `HEARTH_CPU_MATMUL` value (`None` when unset).
+    pub fn parse(value: Option<&str>) -> Result<Self, ModelError> {
+        match value {
+            None | Some("") | Some("auto") => Ok(Self::Auto),
+            Some("hearth") => Ok(Self::Hearth),
+            Some("candle") => Ok(Self::Candle),
+            Some(other) => Err(ModelError::Setting {
+                name: "HEARTH_CPU_MATMUL",
+                expected: "auto, hearth or candle",
+                found: other.to_string(),
+            }),
+        }
+    }
+
+    /// The kernel type for `dtype`, when this choice sends it to Hearth's kernels.
+    fn kernel_type(self, dtype: GgmlDType) -> Option<WeightType> {
+        let ty = match dtype {
+            GgmlDType::Q4_0 => WeightType::Q4_0,
+            GgmlDType::Q4_1 => WeightType::Q4_1,
+            GgmlDType::Q5_0 => WeightType::Q5_0,
+            GgmlDType::Q8_0 => WeightType::Q8_0,
+            GgmlDType::Q4K => WeightType::Q4K,
+            GgmlDType::Q6K => WeightType::Q6K,
+            _ => return None,
         };
-        let (rows, k) = x.dims2()?;
-        let sums = x.reshape((rows, k / transcode::BLOCK, transcode::BLOCK))?.sum(2)?;
-        y + sums.matmul(offsets)?
+        match (self, ty) {
+            (Self::Candle, _) => None,
+            (Self::Auto, WeightType::Q4K | WeightType::Q6K) => None,
+            _ => Some(ty),
+        }
     }
 }
 
@@ -185,7 +289,7 @@ pub struct QuantizedTransformer {
     config: ModelConfig,
     settings: ArchSettings,
     device: Device,
-    embedding: Arc<QTensor>,
+    embedding: Embedding,
     layers: Vec<Layer>,
     output_norm: RmsNorm,
     lm_head: Linear,
@@ -244,6 +348,7 @@ struct Loader<'a, R> {
     reader: &'a mut R,
     device: &'a Device,
     precision: WeightPrecision,
+    cpu_matmul: CpuMatmul,
 }
 
 impl<R: Read + Seek> Loader<'_, R> {
@@ -272,11 +377,30 @@ impl<R: Read + Seek> Loader<'_, R> {
 
     fn linear(&self, weight: QTensor) -> Result<Linear, ModelError> {
         if self.precision == WeightPrecision::F32 {
-            return Ok(Linear { weight: QMatMul::Tensor(weight.dequantize(self.device)?), block_offsets: None });
+            let weight = QMatMul::Tensor(weight.dequantize(self.device)?);
+            return Ok(Linear::Candle { weight, block_offsets: None });
+        }
+        if let Some(matrix) = self.kernel_matrix(&weight)? {
+            return Ok(Linear::Kernel(Arc::new(matrix)));
         }
         let (weight, block_offsets) =
             if self.device.is_cpu() { transcode::for_cpu_matmul(weight)? } else { (weight, None) };
-        Ok(Linear { weight: QMatMul::from_qtensor(weight)?, block_offsets })
+        Ok(Linear::Candle { weight: QMatMul::from_qtensor(weight)?, block_offsets })
+    }
+
+    /// The weight in Hearth's kernel layout, when it is on the CPU, quantized as stored, and of
+    /// a type the configured [`CpuMatmul`] gives to Hearth's kernels.
+    fn kernel_matrix(&self, weight: &QTensor) -> Result<Option<QuantizedMatrix>, ModelError> {
+        if self.precision != WeightPrecision::Quantized || !self.device.is_cpu() {
+            return Ok(None);
+        }
+        let Some(ty) = self.cpu_matmul.kernel_type(weight.dtype()) else {
+            return Ok(None);
+        };
+        let (rows, cols) = weight.shape().dims2()?;
+        let matrix = QuantizedMatrix::new(ty, rows, cols, weight.data()?.into_owned())
+            .map_err(|e| ModelError::Kernel(e.to_string()))?;
+        Ok(Some(matrix))
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<Tensor, ModelError> {
@@ -296,7 +420,7 @@ impl QuantizedTransformer {
         reader: &mut R,
         device: &Device,
     ) -> Result<Self, ModelError> {
-        Self::load(content, reader, device, WeightPrecision::Quantized)
+        Self::load(content, reader, device, WeightPrecision::Quantized, CpuMatmul::from_env()?)
     }
 
     fn load<R: Read + Seek>(
@@ -304,9 +428,10 @@ impl QuantizedTransformer {
         reader: &mut R,
         device: &Device,
         precision: WeightPrecision,
+        cpu_matmul: CpuMatmul,
     ) -> Result<Self, ModelError> {
         let (mut config, settings) = config::read_config(&content)?;
-        let mut ld = Loader { content: &content, reader, device, precision };
+        let mut ld = Loader { content: &content, reader, device, precision, cpu_matmul };
         let (hidden, hd) = (config.hidden_size, config.head_dim);
         let (q_dim, kv_dim) = (config.heads * hd, config.kv_heads * hd);
         let eps = config.rms_norm_eps;
@@ -326,16 +451,23 @@ impl QuantizedTransformer {
             },
         };
         config.vocab_size = vocab;
-        let embedding = Arc::new(ld.qtensor(embd_name, &[vocab, hidden])?);
-        let lm_head = if ld.has("output.weight") {
-            ld.matmul("output.weight", vocab, hidden)?
+        let table = ld.qtensor(embd_name, &[vocab, hidden])?;
+        let (embedding, lm_head) = if ld.has("output.weight") {
+            let lm_head = ld.matmul("output.weight", vocab, hidden)?;
+            (Embedding::Candle(Arc::new(table)), lm_head)
+        } else if let Some(matrix) = ld.kernel_matrix(&table)? {
+            // Tied output layer on Hearth's kernels: one copy serves the lookup and the matmul.
+            let matrix = Arc::new(matrix);
+            (Embedding::Kernel(matrix.clone()), Linear::Kernel(matrix))
         } else if precision == WeightPrecision::F32
-            || (ld.device.is_cpu() && transcode::needs_transcoding(embedding.dtype()))
+            || (ld.device.is_cpu() && transcode::needs_transcoding(table.dtype()))
         {
             let copy = ld.qtensor(embd_name, &[vocab, hidden])?;
-            ld.linear(copy)?
+            (Embedding::Candle(Arc::new(table)), ld.linear(copy)?)
         } else {
-            Linear { weight: QMatMul::from_arc(embedding.clone())?, block_offsets: None }
+            let table = Arc::new(table);
+            let lm_head = Linear::Candle { weight: QMatMul::from_arc(table.clone())?, block_offsets: None };
+            (Embedding::Candle(table), lm_head)
         };
         let output_norm = ld.norm("output_norm.weight", hidden, eps)?;
         let freq_factors = if ld.has("rope_freqs.weight") {
@@ -466,8 +598,7 @@ impl QuantizedTransformer {
         }
         let inputs = self.step_inputs(&positions, segments)?;
 
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embedding.embedding(&ids)?;
+        let mut x = self.embedding.lookup(tokens, &self.device)?;
         if self.settings.scale_embeddings {
             x = (x * (cfg.hidden_size as f64).sqrt())?;
         }
