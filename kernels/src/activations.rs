@@ -3,8 +3,6 @@
 //! 32-weight types, blocks of 256 (ggml's `Q8_K`: scale `max / -127`, round half to even)
 //! for the k-quants. Each block also keeps the sums of its quants that the offset terms need.
 
-use rayon::prelude::*;
-
 use crate::blocks::ActivationBlocks;
 
 /// `rows` activation rows of `k` values, quantized.
@@ -50,6 +48,11 @@ impl ActivationBlocks {
 impl QuantizedActivations {
     /// Quantizes `x` (`rows * k` floats, row-major); `k` must be a multiple of the block size.
     pub fn quantize(x: &[f32], rows: usize, k: usize, blocks: ActivationBlocks) -> Self {
+        Self::quantize_on(&crate::Rayon, x, rows, k, blocks)
+    }
+
+    /// [`quantize`](Self::quantize) with one task per row on `par`.
+    pub fn quantize_on(par: &dyn crate::Parallel, x: &[f32], rows: usize, k: usize, blocks: ActivationBlocks) -> Self {
         assert_eq!(x.len(), rows * k, "activations: expected {rows} x {k} values");
         assert!(k.is_multiple_of(blocks.values()), "activations: k = {k} is not a multiple of {}", blocks.values());
         let mut this = Self {
@@ -61,24 +64,16 @@ impl QuantizedActivations {
             sums: vec![0; rows * k / blocks.values_per_sum()],
         };
         let (bs, ss) = (k / blocks.values(), k / blocks.values_per_sum());
-        let work = |(((x, qs), scales), sums): (((&[f32], &mut [i8]), &mut [f32]), &mut [i16])| match blocks {
+        let parts: Vec<_> = x
+            .chunks(k)
+            .zip(this.qs.chunks_mut(k))
+            .zip(this.scales.chunks_mut(bs))
+            .zip(this.sums.chunks_mut(ss))
+            .collect();
+        crate::for_each_part(par, parts, |_, (((x, qs), scales), sums)| match blocks {
             ActivationBlocks::Of32 => quantize_row_32(x, qs, scales, sums),
             ActivationBlocks::Of256 => quantize_row_256(x, qs, scales, sums),
-        };
-        let zipped = x
-            .par_chunks(k)
-            .zip(this.qs.par_chunks_mut(k))
-            .zip(this.scales.par_chunks_mut(bs))
-            .zip(this.sums.par_chunks_mut(ss));
-        if rows > 1 {
-            zipped.for_each(work);
-        } else {
-            x.chunks(k)
-                .zip(this.qs.chunks_mut(k))
-                .zip(this.scales.chunks_mut(bs))
-                .zip(this.sums.chunks_mut(ss))
-                .for_each(work);
-        }
+        });
         this
     }
 

@@ -16,6 +16,8 @@ mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+use std::sync::{Mutex, PoisonError};
+
 use rayon::prelude::*;
 
 pub use activations::QuantizedActivations;
@@ -59,6 +61,43 @@ pub enum KernelError {
         /// Values given.
         found: usize,
     },
+}
+
+/// Where the kernels' tasks run: rayon's global pool ([`Rayon`]) by default, or the caller's
+/// own pool, so that a program whose other operators run on another pool (candle's spinning
+/// barrier pool, say) does not keep two sets of threads fighting over the same cores.
+pub trait Parallel: Sync {
+    /// Runs `task(0)`, …, `task(tasks - 1)`, in any order and on any threads, and returns when
+    /// all have finished.
+    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync));
+}
+
+/// rayon's global thread pool.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rayon;
+
+impl Parallel for Rayon {
+    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+}
+
+/// Hands each of `parts` (disjoint pieces of the caller's buffers) to `work` as one task of
+/// `par`. Each part sits behind its own lock, taken once and never contended.
+pub(crate) fn for_each_part<T: Send>(par: &dyn Parallel, parts: Vec<T>, work: impl Fn(usize, T) + Sync) {
+    if parts.len() == 1 {
+        if let Some(part) = parts.into_iter().next() {
+            work(0, part);
+        }
+        return;
+    }
+    let slots: Vec<Mutex<Option<T>>> = parts.into_iter().map(|p| Mutex::new(Some(p))).collect();
+    par.run(slots.len(), &|i| {
+        let part = slots[i].lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(part) = part {
+            work(i, part);
+        }
+    });
 }
 
 /// The instruction set the kernels run with. Only [`Isa::detect`] and [`Isa::portable`] make
@@ -194,6 +233,11 @@ impl QuantizedMatrix {
 
     /// [`matmul`](Self::matmul) on a chosen instruction set.
     pub fn matmul_with(&self, isa: Isa, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        self.matmul_on(&Rayon, isa, x, m, out)
+    }
+
+    /// [`matmul`](Self::matmul) with the tasks on `par` and a chosen instruction set.
+    pub fn matmul_on(&self, par: &dyn Parallel, isa: Isa, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), KernelError> {
         if x.len() != m * self.cols {
             return Err(KernelError::Shape { what: "matmul input", expected: m * self.cols, found: x.len() });
         }
@@ -203,8 +247,8 @@ impl QuantizedMatrix {
         if m == 0 {
             return Ok(());
         }
-        let acts = QuantizedActivations::quantize(x, m, self.cols, self.ty.activation_blocks());
-        self.multiply(isa, &acts, out);
+        let acts = QuantizedActivations::quantize_on(par, x, m, self.cols, self.ty.activation_blocks());
+        self.multiply(par, isa, &acts, out);
         Ok(())
     }
 
@@ -216,17 +260,18 @@ impl QuantizedMatrix {
         if out.len() != acts.rows() * self.rows {
             return Err(KernelError::Shape { what: "matmul output", expected: acts.rows() * self.rows, found: out.len() });
         }
-        self.multiply(isa, acts, out);
+        self.multiply(&Rayon, isa, acts, out);
         Ok(())
     }
 
-    fn multiply(&self, isa: Isa, acts: &QuantizedActivations, out: &mut [f32]) {
+    fn multiply(&self, par: &dyn Parallel, isa: Isa, acts: &QuantizedActivations, out: &mut [f32]) {
         let m = acts.rows();
         let rows: Vec<Row<'_>> = (0..m).map(|i| acts.row(i)).collect();
         if m == 1 {
             // One activation row: outputs are contiguous per task already.
             let row = [rows[0]];
-            out.par_chunks_mut(4 * ROWS_PER_TASK).enumerate().for_each(|(task, dst)| {
+            let parts: Vec<&mut [f32]> = out.chunks_mut(4 * ROWS_PER_TASK).collect();
+            for_each_part(par, parts, |task, dst| {
                 for (j, d) in dst.iter_mut().enumerate() {
                     *d = isa.dot(self.ty, self.row(task * 4 * ROWS_PER_TASK + j), &row)[0];
                 }
@@ -238,7 +283,8 @@ impl QuantizedMatrix {
         let per_activation_row = self.cols + self.cols / acts.blocks().values() * 6;
         let tile = (TILE_BYTES / per_activation_row).max(4) / 4 * 4;
         let mut transposed = vec![0.0f32; self.rows * m];
-        transposed.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, dst)| {
+        let parts: Vec<&mut [f32]> = transposed.chunks_mut(ROWS_PER_TASK * m).collect();
+        for_each_part(par, parts, |task, dst| {
             let first = task * ROWS_PER_TASK;
             for start in (0..m).step_by(tile) {
                 let end = (start + tile).min(m);
@@ -256,7 +302,8 @@ impl QuantizedMatrix {
                 }
             }
         });
-        out.par_chunks_mut(self.rows).enumerate().for_each(|(i, out)| {
+        let parts: Vec<&mut [f32]> = out.chunks_mut(self.rows).collect();
+        for_each_part(par, parts, |i, out| {
             for (j, o) in out.iter_mut().enumerate() {
                 *o = transposed[j * m + i];
             }

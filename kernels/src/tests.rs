@@ -240,3 +240,31 @@ fn bad_shapes_are_errors_naming_what_was_expected() {
     assert_eq!(err.to_string(), "matmul output: expected 2 values, found 3");
     assert!(matrix.dequantize_row(2, &mut [0.0; 64]).is_err());
 }
+
+/// A pool that runs the tasks on this thread, last first: results must not depend on which
+/// pool runs the tasks or in what order.
+struct Backwards(std::sync::atomic::AtomicUsize);
+
+impl Parallel for Backwards {
+    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+        for i in (0..tasks).rev() {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            task(i);
+        }
+    }
+}
+
+#[test]
+fn matmul_on_another_pool_gives_the_same_result() {
+    let mut rng = StdRng::seed_from_u64(9);
+    for (ty, rows, cols, m) in [(WeightType::Q8_0, 300, 256, 1), (WeightType::Q4K, 40, 512, 7), (WeightType::Q5_0, 70, 640, 1)] {
+        let matrix = QuantizedMatrix::new(ty, rows, cols, random_blocks(ty, rows * cols / ty.block_values(), &mut rng)).unwrap();
+        let x = random_activations(m * cols, &mut rng);
+        let (mut on_rayon, mut on_pool) = (vec![0.0; m * rows], vec![f32::NAN; m * rows]);
+        matrix.matmul(&x, m, &mut on_rayon).unwrap();
+        let pool = Backwards(std::sync::atomic::AtomicUsize::new(0));
+        matrix.matmul_on(&pool, Isa::detect(), &x, m, &mut on_pool).unwrap();
+        assert_eq!(on_rayon, on_pool, "{}", ty.name());
+        assert!(pool.0.into_inner() > 1, "{}: the pool ran no tasks", ty.name());
+    }
+}

@@ -21,7 +21,7 @@ use std::io::{Read, Seek};
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
-use hearth_kernels::{QuantizedMatrix, WeightType};
+use hearth_kernels::{Isa, Parallel, QuantizedMatrix, WeightType};
 use candle_core::{DType, Device, Module, Tensor};
 
 pub use cache::KvCache;
@@ -133,7 +133,7 @@ impl Linear {
                 let input = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 let mut out = vec![0.0f32; rows * w.rows()];
                 debug_assert_eq!(k, w.cols());
-                w.matmul(&input, rows, &mut out).map_err(candle_core::Error::wrap)?;
+                w.matmul_on(&CandlePool, Isa::detect(), &input, rows, &mut out).map_err(candle_core::Error::wrap)?;
                 Tensor::from_vec(out, (rows, w.rows()), x.device())
             }
             Linear::Candle { weight, block_offsets } => {
@@ -146,6 +146,17 @@ impl Linear {
                 y + sums.matmul(offsets)?
             }
         }
+    }
+}
+
+/// candle's CPU thread pool, for Hearth's kernels: its workers spin for a while after each of
+/// candle's operators, so kernels on a second pool (rayon's) would fight them for the cores
+/// (measured: decode 15% slower on two cores).
+struct CandlePool;
+
+impl Parallel for CandlePool {
+    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+        candle_core::utils::barrier_pool().execute_chunked(tasks, |range| range.for_each(task));
     }
 }
 
@@ -176,10 +187,11 @@ impl Embedding {
 /// Which CPU matmul a quantized weight type gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuMatmul {
-    /// Hearth's kernels for the 32-weight block types (Q4_0, Q4_1, Q5_0, Q8_0), where they beat
-    /// candle in `benches/matmul.rs`; candle's for the k-quants, where candle's are faster.
+    /// What measured fastest here (`kernels/benches/matmul.rs`): Hearth's kernels for Q4_0,
+    /// Q4_1 and Q8_0, and for Q5_0 re-encoded to Q8_0 (exact; Hearth's Q5_0 kernel is slower
+    /// for one row); candle's for the k-quants, where candle's are faster.
     Auto,
-    /// Hearth's kernels for every type they cover (Q4_K and Q6_K too).
+    /// Hearth's kernels for every type they cover, each as stored (Q5_0, Q4_K and Q6_K too).
     Hearth,
     /// candle's `QMatMul` for everything (with Q4_1/Q5_0/Q5_1 re-encoded), the peer in benchmarks.
     Candle,
@@ -205,8 +217,9 @@ impl CpuMatmul {
         }
     }
 
-    /// The kernel type for `dtype`, when this choice sends it to Hearth's kernels.
-    fn kernel_type(self, dtype: GgmlDType) -> Option<WeightType> {
+    /// How a weight stored as `dtype` goes to Hearth's kernels under this choice: the kernel
+    /// type, and whether the blocks are first re-encoded Q5_0 → Q8_0. `None`: candle's.
+    fn kernel_type(self, dtype: GgmlDType) -> Option<(WeightType, bool)> {
         let ty = match dtype {
             GgmlDType::Q4_0 => WeightType::Q4_0,
             GgmlDType::Q4_1 => WeightType::Q4_1,
@@ -217,9 +230,9 @@ impl CpuMatmul {
             _ => return None,
         };
         match (self, ty) {
-            (Self::Candle, _) => None,
-            (Self::Auto, WeightType::Q4K | WeightType::Q6K) => None,
-            _ => Some(ty),
+            (Self::Candle, _) | (Self::Auto, WeightType::Q4K | WeightType::Q6K) => None,
+            (Self::Auto, WeightType::Q5_0) => Some((WeightType::Q8_0, true)),
+            _ => Some((ty, false)),
         }
     }
 }
@@ -394,11 +407,12 @@ impl<R: Read + Seek> Loader<'_, R> {
         if self.precision != WeightPrecision::Quantized || !self.device.is_cpu() {
             return Ok(None);
         }
-        let Some(ty) = self.cpu_matmul.kernel_type(weight.dtype()) else {
+        let Some((ty, widen)) = self.cpu_matmul.kernel_type(weight.dtype()) else {
             return Ok(None);
         };
         let (rows, cols) = weight.shape().dims2()?;
-        let matrix = QuantizedMatrix::new(ty, rows, cols, weight.data()?.into_owned())
+        let data = if widen { transcode::q5_0_to_q8_0(&weight.data()?)? } else { weight.data()?.into_owned() };
+        let matrix = QuantizedMatrix::new(ty, rows, cols, data)
             .map_err(|e| ModelError::Kernel(e.to_string()))?;
         Ok(Some(matrix))
     }

@@ -233,8 +233,8 @@ fn qwen2_teacher_forced_argmax_agrees_with_llama_cpp() {
     }
 }
 
-/// Every CPU matmul choice (candle's everywhere; Hearth's kernels for every type they cover,
-/// the k-quants too) must keep the agreement with llama.cpp that the default has.
+/// Every CPU matmul choice (candle's everywhere; Hearth's kernels for every type they cover as
+/// stored, Q5_0 and the k-quants too) must keep the agreement with llama.cpp that the default has.
 #[test]
 fn every_cpu_matmul_choice_agrees_with_llama_cpp() {
     for choice in [CpuMatmul::Candle, CpuMatmul::Hearth] {

@@ -89,7 +89,7 @@ fn offsets(blocks: &[&[u8]], centre: f64, shape: &candle_core::Shape) -> Result<
 }
 
 /// Widens Q5_0 blocks (`x = d * (q - 16)`, q in 0..32) to Q8_0 blocks with the same scale.
-fn q5_0_to_q8_0(src: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn q5_0_to_q8_0(src: &[u8]) -> Result<Vec<u8>> {
     if !src.len().is_multiple_of(Q5_0_BLOCK) {
         candle_core::bail!("Q5_0 data of {} bytes is not a whole number of blocks", src.len());
     }
