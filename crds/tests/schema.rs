@@ -11,8 +11,14 @@ use hearth_crds::{Resource, parse_stack};
 use serde::Deserialize;
 use serde_json::Value;
 
+/// This package's directory, read when the test runs (cargo and nextest set it), so a test
+/// binary reused from a build in another checkout still reads this checkout's files.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}
+
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    manifest_dir().join("..")
 }
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {

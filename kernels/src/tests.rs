@@ -268,3 +268,21 @@ fn matmul_on_another_pool_gives_the_same_result() {
         assert!(pool.0.into_inner() > 1, "{}: the pool ran no tasks", ty.name());
     }
 }
+
+#[test]
+fn every_batch_size_gives_each_row_what_it_gets_alone() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for (ty, rows, cols) in [(WeightType::Q4_1, 53, 576), (WeightType::Q8_0, 53, 576), (WeightType::Q5_0, 21, 640), (WeightType::Q4K, 19, 512)] {
+        let matrix = QuantizedMatrix::new(ty, rows, cols, random_blocks(ty, rows * cols / ty.block_values(), &mut rng)).unwrap();
+        for m in 1..=70 {
+            let x = random_activations(m * cols, &mut rng);
+            let mut batched = vec![f32::NAN; m * rows];
+            matrix.matmul(&x, m, &mut batched).unwrap();
+            for i in 0..m {
+                let mut alone = vec![f32::NAN; rows];
+                matrix.matmul(&x[i * cols..(i + 1) * cols], 1, &mut alone).unwrap();
+                assert_eq!(&batched[i * rows..(i + 1) * rows], &alone[..], "{} m = {m}, row {i}", ty.name());
+            }
+        }
+    }
+}

@@ -31,10 +31,16 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{Value, json};
 
+/// This package's directory, read when the test runs (cargo and nextest set it), so a test
+/// binary reused from a build in another checkout still reads this checkout's files.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}
+
 const NAMESPACE: &str = "ai";
 
 fn repo_file(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+    manifest_dir().join("..").join(relative)
 }
 
 /// The resources of an example file, placed in `ai` and given stable uids as the API server
@@ -189,7 +195,7 @@ fn model_snapshot_header(objects: &ModelObjects) -> String {
 /// Compares `actual` with `tests/snapshots/<name>.yaml`, writing it when missing or when
 /// `UPDATE_SNAPSHOTS=1`.
 fn assert_snapshot(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(format!("{name}.yaml"));
+    let path = manifest_dir().join("tests/snapshots").join(format!("{name}.yaml"));
     let update = std::env::var("UPDATE_SNAPSHOTS").is_ok_and(|v| v == "1");
     if update || !path.exists() {
         std::fs::create_dir_all(path.parent().expect("snapshot dir")).expect("create tests/snapshots");

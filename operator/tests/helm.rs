@@ -26,6 +26,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+/// This package's directory, read when the test runs (cargo and nextest set it), so a test
+/// binary reused from a build in another checkout still reads this checkout's files.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}
+
 /// The chart, relative to the repository root.
 const CHART: &str = "helm/hearth";
 /// Values switching every optional part on.
@@ -42,7 +48,7 @@ const INSTALL_ARGS: &[&str] = &["--include-crds", "--set", "createNamespace=true
 
 /// The repository root.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    manifest_dir().parent().unwrap().to_path_buf()
 }
 
 /// The helm binary: `HEARTH_HELM`, else `helm` on PATH, else where scripts/install-helm.sh puts it.
