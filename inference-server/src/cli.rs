@@ -130,6 +130,10 @@ pub struct HttpArgs {
     /// A file of API keys, one per line; when given, requests need `Authorization: Bearer KEY`.
     #[arg(long, env = "HEARTH_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
+    /// Where tenants' keys are read from: DIR/<Secret name>/<key>, as Kubernetes mounts a
+    /// Secret (the Model's `spec.tenants[].apiKeySecretRef`).
+    #[arg(long, env = "HEARTH_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -139,14 +143,28 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
-    /// The HTTP layer's settings.
+    /// The HTTP layer's settings, with no tenants.
     pub fn api_config(&self) -> anyhow::Result<ApiConfig> {
+        self.api_config_with_tenants(&[])
+    }
+
+    /// The HTTP layer's settings, with the tenants of each `(model name, spec.tenants)`.
+    pub fn api_config_with_tenants(
+        &self,
+        models: &[(String, Vec<hearth_crds::model::Tenant>)],
+    ) -> anyhow::Result<ApiConfig> {
         let api_keys = match &self.api_key_file {
             Some(path) => read_keys(path)?,
             None => Vec::new(),
         };
+        let mut tenants = Vec::new();
+        for (name, listed) in models {
+            tenants.extend(crate::api::tenants::tenants_of_model(name, listed, self.secrets_dir.as_deref())?);
+        }
+        crate::api::tenants::Keys::new(api_keys.clone(), tenants.clone()).map_err(anyhow::Error::msg)?;
         Ok(ApiConfig {
             api_keys,
+            tenants,
             body_limit_bytes: self.max_body_bytes,
             drain: Duration::from_secs(self.drain_seconds),
         })
@@ -233,6 +251,8 @@ pub struct ServePlan {
     pub limits: ServingLimits,
     /// cpu, cuda, metal or auto.
     pub device: String,
+    /// The Model's tenants (`spec.tenants`), when a config gave them.
+    pub tenants: Vec<hearth_crds::model::Tenant>,
 }
 
 /// Opens the compute device named on the command line.
@@ -308,7 +328,8 @@ impl ServeArgs {
             .or_else(|| model.as_ref().and_then(|m| m.metadata.name.clone()))
             .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "model".into());
-        Ok(ServePlan { name, path, task, limits, device: self.device.clone() })
+        let tenants = model.map(|m| m.spec.tenants).unwrap_or_default();
+        Ok(ServePlan { name, path, task, limits, device: self.device.clone(), tenants })
     }
 }
 
@@ -352,7 +373,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let plan = args.plan()?;
     let registry = Arc::new(Registry::default());
-    let state = AppState::new(registry.clone(), args.http.api_config()?);
+    let api_config = args.http.api_config_with_tenants(&[(plan.name.clone(), plan.tenants.clone())])?;
+    let state = AppState::new(registry.clone(), api_config);
     let (listener, addr) = args.http.listen().await?;
     tracing::info!(%addr, model = %plan.name, path = %plan.path.display(), "listening; loading the model");
     let loader = {
@@ -698,9 +720,20 @@ async fn materialize_all<'a>(
             task: model.task,
             limits: model.limits.clone(),
             device: device.to_owned(),
+            // Tenants are the HTTP layer's business in `up` (read from the stack).
+            tenants: Vec::new(),
         });
     }
     Ok(loads)
+}
+
+/// A random key for this process's calls to itself (32 bytes from the thread's CSPRNG, which
+/// the OS seeds; hex).
+fn internal_key() -> String {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The base URL this process reaches itself at (a wildcard address becomes loopback).
@@ -727,8 +760,17 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let loads = materialize_all(&plan.models, &models_dir, &args.device).await?;
 
-    let api_config = args.http.api_config()?;
-    // The cascades call this process's own routes, with its own key when keys are required.
+    let tenanted: Vec<(String, Vec<hearth_crds::model::Tenant>)> = stack
+        .iter()
+        .filter(|m| !m.spec.tenants.is_empty())
+        .map(|m| (m.metadata.name.clone().unwrap_or_default(), m.spec.tenants.clone()))
+        .collect();
+    let mut api_config = args.http.api_config_with_tenants(&tenanted)?;
+    // The cascades and agents call this process's own routes, with its own key when keys are
+    // required: an operator key, made up for this process when only tenants have keys.
+    if api_config.api_keys.is_empty() && !api_config.tenants.is_empty() {
+        api_config.api_keys.push(internal_key());
+    }
     let self_key = api_config.api_keys.first().cloned();
     let (listener, addr) = args.http.listen().await?;
     let base = self_base(addr);

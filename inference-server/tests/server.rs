@@ -411,3 +411,154 @@ async fn a_drain_deadline_ends_long_streams_cleanly() {
     assert!(rest.trim_end().ends_with("data: [DONE]"));
     tokio::time::timeout(Duration::from_secs(10), &mut s.server).await.unwrap().unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_see_only_their_models_and_are_held_to_their_limits() {
+    use hearth_server::api::tenants::TenantConfig;
+    let tenant = |name: &str, model: &str, rpm: Option<u32>, tpm: Option<u64>| TenantConfig {
+        name: name.into(),
+        key: format!("{name}-key-0123456789"),
+        model: model.into(),
+        requests_per_minute: rpm,
+        tokens_per_minute: tpm,
+    };
+    let config = ApiConfig {
+        api_keys: vec!["operator-key-0123456789".into()],
+        tenants: vec![
+            tenant("acme", CHAT, Some(3), None),
+            tenant("globex", CHAT, None, Some(40)),
+            tenant("initech", EMBED, None, None),
+        ],
+        ..ApiConfig::default()
+    };
+    let s = TestServer::start(ServingLimits { max_tokens: 64, ..ServingLimits::default() }, config).await;
+    let send = |key: &'static str, path: &'static str, body: Value| {
+        let request = s.client.post(format!("{}{path}", s.base)).json(&body);
+        async move {
+            let r = if key.is_empty() { request } else { request.bearer_auth(key) }.send().await.unwrap();
+            let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            (r.status().as_u16(), retry_after, r.json::<Value>().await.unwrap())
+        }
+    };
+    let chat =
+        json!({"model": CHAT, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, "temperature": 0});
+    let embed = json!({"model": EMBED, "input": "hello"});
+    const ACME: &str = "acme-key-0123456789";
+    const GLOBEX: &str = "globex-key-0123456789";
+    const INITECH: &str = "initech-key-0123456789";
+    const OPERATOR: &str = "operator-key-0123456789";
+
+    // No key, or an unknown one: 401.
+    assert_eq!(send("", "/v1/chat/completions", chat.clone()).await.0, 401);
+    assert_eq!(send("acme-key-012345678", "/v1/chat/completions", chat.clone()).await.0, 401);
+
+    // acme: three requests a minute, then 429 naming the limit, with a Retry-After of about
+    // the 20 s one request takes to come back.
+    for _ in 0..3 {
+        assert_eq!(send(ACME, "/v1/chat/completions", chat.clone()).await.0, 200);
+    }
+    let (status, retry_after, body) = send(ACME, "/v1/chat/completions", chat.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("rate_limit_exceeded")), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("acme") && message.contains("requestsPerMinute"), "{message}");
+    assert!((15..=20).contains(&retry_after.unwrap()), "Retry-After {retry_after:?}");
+    // A model reserved to other tenants looks like no model at all.
+    let (status, _, body) = send(ACME, "/v1/embeddings", embed.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("model_not_found")));
+
+    // globex: 40 tokens a minute; the first request (a prompt plus 50 generated) overdraws it,
+    // the next waits.
+    let long =
+        json!({"model": CHAT, "prompt": "Once upon a time", "max_tokens": 50, "ignore_eos": true, "temperature": 0});
+    let (status, _, body) = send(GLOBEX, "/v1/completions", long.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 40);
+    let (status, retry_after, body) = send(GLOBEX, "/v1/completions", long).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("tokensPerMinute"), "{body}");
+    assert!(retry_after.unwrap() >= 1);
+    // acme's limit is acme's alone.
+    assert_eq!(send(INITECH, "/v1/embeddings", embed.clone()).await.0, 200);
+
+    // Each tenant lists only what it may call; the operator key sees and calls everything.
+    let models = |key: &'static str| {
+        let request = s.client.get(format!("{}/v1/models", s.base)).bearer_auth(key);
+        async move {
+            let list: Value = request.send().await.unwrap().json().await.unwrap();
+            let mut ids: Vec<String> =
+                list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(models(ACME).await, vec![CHAT.to_owned()]);
+    assert_eq!(models(INITECH).await, vec![EMBED.to_owned()]);
+    assert_eq!(models(OPERATOR).await.len(), 2);
+    assert_eq!(send(OPERATOR, "/v1/chat/completions", chat.clone()).await.0, 200);
+    assert_eq!(send(OPERATOR, "/v1/embeddings", embed).await.0, 200);
+
+    // The refusals and the tokens are in the metrics, per tenant.
+    let metrics = s.get("/metrics").await.1;
+    let line = |needle: &str| metrics.lines().find(|l| l.contains(needle) && !l.starts_with('#')).map(str::to_owned);
+    let limited =
+        line("hearth_server_tenant_requests_total{tenant=\"acme\",model=\"smollm2\",outcome=\"requestsPerMinute\"}");
+    assert!(limited.is_some_and(|l| l.ends_with(" 1")), "{metrics}");
+    let tokens = line("hearth_server_tenant_tokens_total{tenant=\"globex\"").unwrap();
+    assert!(tokens.rsplit(' ').next().unwrap().parse::<u64>().unwrap() > 40, "{tokens}");
+    assert_eq!(s.get("/healthz").await.0, 200);
+}
+
+/// Overload, bounded: 48 clients at once against a batch of 2 and a queue of 4. Every request
+/// ends in a complete answer (a stream with its finish reason and `[DONE]`) or a 429 with
+/// Retry-After and an OpenAI error body; none hangs, none is cut; the server stays healthy and
+/// serves normally afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_overload_every_request_ends_in_an_answer_or_a_clean_429() {
+    let limits = ServingLimits { max_batch_size: 2, max_queue: 4, max_tokens: 64, ..ServingLimits::default() };
+    let s = Arc::new(TestServer::start(limits, ApiConfig::default()).await);
+    let one = |s: Arc<TestServer>, i: usize| async move {
+        let body = json!({"model": CHAT, "prompt": format!("Client {i} says"), "max_tokens": 8, "ignore_eos": true,
+                          "temperature": 0, "stream": i.is_multiple_of(2)});
+        let r = s.client.post(format!("{}/v1/completions", s.base)).json(&body).send().await.unwrap();
+        let status = r.status().as_u16();
+        let retry_after = r.headers().get("retry-after").is_some();
+        let text = r.text().await.unwrap();
+        (i, status, retry_after, text)
+    };
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..48).map(|i| tokio::spawn(one(s.clone(), i))).collect();
+    let (mut served, mut refused) = (0, 0);
+    for task in tasks {
+        let (i, status, retry_after, text) =
+            tokio::time::timeout(Duration::from_secs(120), task).await.expect("a request hung").unwrap();
+        match status {
+            200 if i.is_multiple_of(2) => {
+                assert!(
+                    text.contains("\"finish_reason\":\"length\"") && text.trim_end().ends_with("data: [DONE]"),
+                    "{text}"
+                );
+                served += 1;
+            }
+            200 => {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["usage"]["completion_tokens"], 8, "{text}");
+                served += 1;
+            }
+            429 => {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["error"]["code"], "queue_full", "{text}");
+                assert!(retry_after);
+                refused += 1;
+            }
+            other => panic!("request {i}: status {other}: {text}"),
+        }
+    }
+    eprintln!("overload: {served} served, {refused} refused in {:?}", started.elapsed());
+    assert!(served >= 4, "at least a queue's worth is served, got {served}");
+    assert!(refused > 0, "48 at once must overflow a batch of 2 and a queue of 4");
+    assert_eq!(s.get("/healthz").await.0, 200);
+    let (status, _) = s.post("/v1/completions", json!({"model": CHAT, "prompt": "Hi", "max_tokens": 2})).await;
+    assert_eq!(status, 200);
+    let metrics = s.get("/metrics").await.1;
+    assert!(metrics.contains("hearth_server_inflight_requests{model=\"smollm2\"} 0"), "nothing left in flight");
+}

@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use hearth_crds::agent::Agent;
 use hearth_crds::cascade::Cascade;
@@ -1533,4 +1533,106 @@ fn knowledge_base_and_agent_objects_are_labelled_owned_and_restricted() {
         }
         assert_eq!(pod.automount_service_account_token, Some(false), "{name}");
     }
+}
+
+// ---------------------------------------------------------------- tenants and isolation
+
+/// Every NetworkPolicy the operator generates (model servers, routers, managed Qdrants,
+/// agents) admits other namespaces only by an exact name: monitoring, or the operator's own
+/// namespace for routers. Nothing opens to every namespace, no peer is an IP block, and every
+/// same-namespace peer is narrowed by labels.
+#[test]
+fn no_generated_network_policy_admits_another_tenants_namespace() {
+    let operator_ns = BuildContext { operator_namespace: Some("hearth-system".into()), ..ctx() };
+    let handbook_kb = build_kb(&handbook(), &ctx());
+    let policies: Vec<(String, Value)> = vec![
+        ("model gemma3-270m".into(), json(&build(&gemma(), &ctx()).network_policy)),
+        ("model qwen3-8b".into(), json(&build(&gpu_model(), &keda_ctx()).network_policy)),
+        ("router support".into(), json(&build_support(&operator_ns).network_policy)),
+        ("qdrant handbook".into(), json(&handbook_kb.qdrant.as_ref().expect("managed qdrant").network_policy)),
+        ("agent orders".into(), json(&build_agent(&orders()).network_policy)),
+        ("agent helpdesk".into(), json(&build_agent(&helpdesk()).network_policy)),
+    ];
+    let allowed_namespaces =
+        [json!({"kubernetes.io/metadata.name": "monitoring"}), json!({"kubernetes.io/metadata.name": "hearth-system"})];
+    for (what, policy) in policies {
+        assert_eq!(policy["metadata"]["namespace"], NAMESPACE, "{what}");
+        assert!(
+            policy["spec"]["policyTypes"].as_array().unwrap().contains(&json!("Ingress")),
+            "{what}: ingress must be restricted"
+        );
+        let ingress = policy["spec"]["ingress"].as_array().unwrap_or_else(|| panic!("{what}: no ingress rules"));
+        assert!(!ingress.is_empty(), "{what}");
+        for rule in ingress {
+            let from =
+                rule["from"].as_array().unwrap_or_else(|| panic!("{what}: a rule without `from` admits everyone"));
+            for peer in from {
+                assert!(peer.get("ipBlock").is_none(), "{what}: {peer}");
+                match peer.get("namespaceSelector") {
+                    None => {
+                        let labels = &peer["podSelector"]["matchLabels"];
+                        assert!(
+                            labels.as_object().is_some_and(|l| !l.is_empty()),
+                            "{what}: same-namespace peer without labels: {peer}"
+                        );
+                    }
+                    Some(selector) => {
+                        assert!(selector.get("matchExpressions").is_none(), "{what}: {peer}");
+                        assert!(
+                            allowed_namespaces.contains(&selector["matchLabels"]),
+                            "{what}: admits namespaces {selector}"
+                        );
+                    }
+                }
+            }
+        }
+        // Agents' egress: pods of their own namespace by label, DNS, and named hosts only.
+        for rule in policy["spec"]["egress"].as_array().into_iter().flatten() {
+            for peer in rule["to"].as_array().into_iter().flatten() {
+                if let Some(selector) = peer.get("namespaceSelector") {
+                    assert!(
+                        selector["matchLabels"].as_object().is_some_and(|l| !l.is_empty()),
+                        "{what}: egress to every namespace: {peer}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn tenants_keys_are_mounted_from_their_secrets_and_never_written_into_objects() {
+    let model = gpu_model();
+    assert_eq!(model.spec.tenants.len(), 2, "full-featured.yaml's qwen3-8b lists acme and globex");
+    let objects = build(&model, &keda_ctx());
+    let deployment = objects.deployment.as_ref().expect("deployment");
+    let pod = deployment_pod(deployment);
+    let volume = pod.volumes.iter().flatten().find(|v| v.name == "tenant-keys").expect("a tenant-keys volume");
+    let sources = json(&volume.projected.as_ref().expect("projected").sources);
+    assert_eq!(
+        sources,
+        json!([
+            {"secret": {"name": "acme-key", "items": [{"key": "token", "path": "acme-key/token"}], "optional": false}},
+            {"secret": {"name": "globex-key", "items": [{"key": "token", "path": "globex-key/token"}], "optional": false}},
+        ])
+    );
+    let server = server_container(deployment);
+    let args = server.args.as_deref().expect("args");
+    let at = args.iter().position(|a| a == "--secrets-dir").expect("--secrets-dir");
+    assert_eq!(args[at + 1], "/etc/hearth/secrets");
+    assert!(
+        server
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "tenant-keys" && m.mount_path == "/etc/hearth/secrets" && m.read_only == Some(true))
+    );
+    // The fetch step has no business with the keys.
+    let fetch = &pod.init_containers.as_ref().expect("fetch")[0];
+    assert!(!fetch.volume_mounts.iter().flatten().any(|m| m.name == "tenant-keys"));
+    // A model without tenants gets neither.
+    let open = build(&gemma(), &ctx());
+    let open_deployment = open.deployment.as_ref().expect("deployment");
+    assert!(!deployment_pod(open_deployment).volumes.iter().flatten().any(|v| v.name == "tenant-keys"));
+    assert!(!server_container(open_deployment).args.iter().flatten().any(|a| a == "--secrets-dir"));
 }

@@ -5,15 +5,16 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Json;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use futures_util::Stream;
 
 use super::error::ApiError;
 use super::generation::{Collected, Generation, Piece, PieceLogprob, build_request};
 use super::openai::*;
+use super::tenants::Tenant;
 use super::{AppState, RawBody, parse_body, unix_now};
 use crate::backend::chat_template::ChatMessage;
 use crate::cascade::Route;
@@ -117,6 +118,7 @@ fn usage(prompt_tokens: usize, completion_tokens: usize) -> Usage {
 /// `POST /v1/chat/completions`: a cascade's when the model names one, else a local model's.
 pub async fn chat_route(
     State(state): State<AppState>,
+    tenant: Option<Extension<Arc<Tenant>>>,
     headers: axum::http::HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
@@ -127,22 +129,27 @@ pub async fn chat_route(
     if let Some(cascade) = state.cascade_for(&body) {
         return Ok(cascade.handle(Route::Chat, parse_body(&body)?).await);
     }
-    chat_completions(state, parse_body(&body)?, started).await
+    chat_completions(state, parse_body(&body)?, started, tenant.map(|t| t.0)).await
 }
 
 /// `POST /v1/completions`: a cascade's when the model names one, else a local model's.
-pub async fn completion_route(State(state): State<AppState>, RawBody(body): RawBody) -> Result<Response, ApiError> {
+pub async fn completion_route(
+    State(state): State<AppState>,
+    tenant: Option<Extension<Arc<Tenant>>>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     if let Some(cascade) = state.cascade_for(&body) {
         return Ok(cascade.handle(Route::Completion, parse_body(&body)?).await);
     }
-    completions(state, parse_body(&body)?, started).await
+    completions(state, parse_body(&body)?, started, tenant.map(|t| t.0)).await
 }
 
 async fn chat_completions(
     state: AppState,
     request: ChatCompletionRequest,
     started: Instant,
+    tenant: Option<Arc<Tenant>>,
 ) -> Result<Response, ApiError> {
     let model = chat_model(&state, &request.model)?;
     let top_logprobs = request.top_logprobs.unwrap_or(0);
@@ -157,7 +164,9 @@ async fn chat_completions(
     }
     let prompt = chat_prompt(&model, request.messages)?;
     let engine_request = build_request(&model, prompt, &request.sampling, request.logprobs, top_logprobs as usize)?;
-    let generation = Generation::start(model.clone(), state.metrics.clone(), engine_request, started)?;
+    let prompt_tokens = engine_request.prompt.len();
+    let generation = Generation::start(model.clone(), state.metrics.clone(), engine_request, started)?
+        .charged_to(tenant, prompt_tokens);
     let id = completion_id("chatcmpl");
     if request.sampling.stream {
         let stream =
@@ -283,7 +292,12 @@ fn chat_stream(
     })
 }
 
-async fn completions(state: AppState, request: CompletionRequest, started: Instant) -> Result<Response, ApiError> {
+async fn completions(
+    state: AppState,
+    request: CompletionRequest,
+    started: Instant,
+    tenant: Option<Arc<Tenant>>,
+) -> Result<Response, ApiError> {
     let model = chat_model(&state, &request.model)?;
     if request.echo {
         return Err(ApiError::invalid("echo", "echo is not supported"));
@@ -309,7 +323,9 @@ async fn completions(state: AppState, request: CompletionRequest, started: Insta
     }
     let wants_logprobs = request.logprobs.is_some();
     let engine_request = build_request(&model, prompt, &request.sampling, wants_logprobs, top as usize)?;
-    let generation = Generation::start(model.clone(), state.metrics.clone(), engine_request, started)?;
+    let prompt_tokens = engine_request.prompt.len();
+    let generation = Generation::start(model.clone(), state.metrics.clone(), engine_request, started)?
+        .charged_to(tenant, prompt_tokens);
     let id = completion_id("cmpl");
     if request.sampling.stream {
         let stream =

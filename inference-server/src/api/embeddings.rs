@@ -16,6 +16,7 @@ const MAX_INPUTS: usize = 2048;
 /// `POST /v1/embeddings`: a string or a list of strings in, one vector each out.
 pub async fn embeddings(
     State(state): State<AppState>,
+    tenant: Option<axum::Extension<std::sync::Arc<super::tenants::Tenant>>>,
     OpenAiJson(request): OpenAiJson<EmbeddingRequest>,
 ) -> Result<axum::response::Response, ApiError> {
     let service = match state.registry.get(&request.model) {
@@ -53,6 +54,7 @@ pub async fn embeddings(
     }
     let started = std::time::Instant::now();
     let (vectors, tokens) = service.embed(inputs).await?;
+    drop(tenant.map(|t| super::generation::TenantCharge::new(t.0, state.metrics.clone(), &service.name, tokens)));
     let labels = super::metrics::Metrics::model(&service.name);
     state.metrics.prompt_tokens.get_or_create(&labels).inc_by(tokens as u64);
     state.metrics.time_to_first_token.get_or_create(&labels).observe(started.elapsed().as_secs_f64());

@@ -28,7 +28,19 @@ pub enum ApiError {
     /// No API key, or a wrong one.
     #[error("missing or invalid API key: send `Authorization: Bearer <key>`")]
     Unauthorized,
-    /// The model is not served here.
+    /// A tenant is over one of its limits.
+    #[error("tenant `{tenant}` is over its {limit} limit ({per_minute} per minute); retry in {retry_after_seconds} s")]
+    RateLimited {
+        /// The tenant.
+        tenant: String,
+        /// `requestsPerMinute` or `tokensPerMinute`, as the Model's `spec.tenants` names it.
+        limit: &'static str,
+        /// The limit.
+        per_minute: u64,
+        /// When the tenant may try again.
+        retry_after_seconds: u64,
+    },
+    /// The model is not served here (or not to this caller).
     #[error("the model `{0}` does not exist; GET /v1/models lists the served models")]
     ModelNotFound(String),
     /// Something the path names does not exist (e.g. a run id).
@@ -77,6 +89,7 @@ impl ApiError {
             Self::InvalidRequest { .. } => (S::BAD_REQUEST, "invalid_request_error", None),
             Self::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("payload_too_large")),
             Self::Unauthorized => (S::UNAUTHORIZED, "invalid_request_error", Some("invalid_api_key")),
+            Self::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limit_error", Some("rate_limit_exceeded")),
             Self::ModelNotFound(_) => (S::NOT_FOUND, "invalid_request_error", Some("model_not_found")),
             Self::NotFound(_) => (S::NOT_FOUND, "invalid_request_error", Some("not_found")),
             Self::Conflict(_) => (S::CONFLICT, "invalid_request_error", Some("conflict")),
@@ -117,7 +130,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, _, _) = self.classify();
         let mut response = (status, Json(self.body())).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Self::RateLimited { retry_after_seconds, .. } = &self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
+        } else if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::error::ApiError;
-use super::metrics::{Metrics, ModelLabels};
+use super::metrics::{Metrics, ModelLabels, TenantModelLabels};
 use super::openai::SamplingFields;
+use super::tenants::Tenant;
 use crate::engine::{EngineError, Event, FinishReason, GenerateRequest, SamplingParams};
 use crate::registry::ChatModel;
 
@@ -151,6 +152,30 @@ impl Drop for InflightGuard {
     }
 }
 
+/// Charges a tenant for a generation's tokens when it ends, however it ends: a client that
+/// hangs up part-way pays for the prompt and what was generated until then.
+pub struct TenantCharge {
+    tenant: Arc<Tenant>,
+    metrics: Arc<Metrics>,
+    model: String,
+    tokens: usize,
+}
+
+impl TenantCharge {
+    /// A charge of `tokens` so far (e.g. the prompt) to `tenant` on `model`.
+    pub fn new(tenant: Arc<Tenant>, metrics: Arc<Metrics>, model: &str, tokens: usize) -> Self {
+        Self { tenant, metrics, model: model.to_owned(), tokens }
+    }
+}
+
+impl Drop for TenantCharge {
+    fn drop(&mut self) {
+        self.tenant.charge_tokens(self.tokens);
+        let labels = TenantModelLabels { tenant: self.tenant.name().to_owned(), model: self.model.clone() };
+        self.metrics.tenant_tokens.get_or_create(&labels).inc_by(self.tokens as u64);
+    }
+}
+
 /// A running generation: engine events turned into pieces, with timings recorded.
 pub struct Generation {
     events: UnboundedReceiver<Event>,
@@ -159,6 +184,7 @@ pub struct Generation {
     labels: ModelLabels,
     started: Instant,
     last_token: Option<Instant>,
+    charge: Option<TenantCharge>,
     _inflight: InflightGuard,
 }
 
@@ -174,7 +200,13 @@ impl Generation {
         let events = model.engine.submit(request)?;
         metrics.inflight_requests.get_or_create(&labels).inc();
         let guard = InflightGuard { metrics: metrics.clone(), labels: labels.clone() };
-        Ok(Self { events, model, metrics, labels, started, last_token: None, _inflight: guard })
+        Ok(Self { events, model, metrics, labels, started, last_token: None, charge: None, _inflight: guard })
+    }
+
+    /// Charges the generation's tokens to `tenant` when it ends.
+    pub fn charged_to(mut self, tenant: Option<Arc<Tenant>>, prompt_tokens: usize) -> Self {
+        self.charge = tenant.map(|t| TenantCharge::new(t, self.metrics.clone(), &self.model.name, prompt_tokens));
+        self
     }
 
     /// The next piece; `None` after Done or Failed.
@@ -192,6 +224,9 @@ impl Generation {
                     }
                 }
                 self.last_token = Some(now);
+                if let Some(charge) = self.charge.as_mut() {
+                    charge.tokens += 1;
+                }
                 let tokenizer = &self.model.tokenizer;
                 let text_of = |id: u32| tokenizer.token_text(id).unwrap_or_default();
                 let logprob = token.logprob.map(|lp| PieceLogprob {
@@ -202,6 +237,9 @@ impl Generation {
                 Piece::Token { text: token.text, logprob }
             }
             Event::Done(done) => {
+                if let Some(charge) = self.charge.as_mut() {
+                    charge.tokens = done.prompt_tokens + done.completion_tokens;
+                }
                 self.metrics.prompt_tokens.get_or_create(&self.labels).inc_by(done.prompt_tokens as u64);
                 self.metrics.generated_tokens.get_or_create(&self.labels).inc_by(done.completion_tokens as u64);
                 Piece::Done {

@@ -26,6 +26,26 @@ pub struct ModelLabels {
     pub model: String,
 }
 
+/// Labels of per-tenant series (tenants are configured, so the values are bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    /// The tenant's name.
+    pub tenant: String,
+    /// The model.
+    pub model: String,
+    /// `admitted`, or the limit that refused the request (`requestsPerMinute`, `tokensPerMinute`).
+    pub outcome: String,
+}
+
+/// Labels of per-tenant token counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantModelLabels {
+    /// The tenant's name.
+    pub tenant: String,
+    /// The model.
+    pub model: String,
+}
+
 type Histograms = Family<ModelLabels, Histogram, fn() -> Histogram>;
 
 /// Every metric the server exports.
@@ -49,6 +69,10 @@ pub struct Metrics {
     pub inflight_requests: Family<ModelLabels, Gauge>,
     /// Sequences in the running batch.
     pub batch_size: Family<ModelLabels, Gauge>,
+    /// Tenants' requests, admitted or refused by a limit.
+    pub tenant_requests: Family<TenantLabels, Counter>,
+    /// Tokens (prompt plus generated) charged to tenants.
+    pub tenant_tokens: Family<TenantModelLabels, Counter>,
     /// The cascade router's metrics.
     pub cascade: crate::cascade::metrics::CascadeMetrics,
     /// The agents' metrics.
@@ -96,6 +120,14 @@ impl Default for Metrics {
             inflight_requests.clone(),
         );
         registry.register("hearth_server_batch_size", "Sequences in the running batch", batch_size.clone());
+        let tenant_requests = Family::<TenantLabels, Counter>::default();
+        let tenant_tokens = Family::<TenantModelLabels, Counter>::default();
+        registry.register(
+            "hearth_server_tenant_requests",
+            "Tenants' requests, admitted or refused by a limit",
+            tenant_requests.clone(),
+        );
+        registry.register("hearth_server_tenant_tokens", "Tokens charged to tenants", tenant_tokens.clone());
         let cascade = crate::cascade::metrics::CascadeMetrics::register(&mut registry);
         let agent = crate::agent::metrics::AgentMetrics::register(&mut registry);
         Self {
@@ -109,6 +141,8 @@ impl Default for Metrics {
             queue_depth,
             inflight_requests,
             batch_size,
+            tenant_requests,
+            tenant_tokens,
             cascade,
             agent,
         }

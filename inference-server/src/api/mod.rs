@@ -9,6 +9,7 @@ pub mod generation;
 pub mod knowledge;
 pub mod metrics;
 pub mod openai;
+pub mod tenants;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -22,7 +23,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use subtle::ConstantTimeEq;
 
 use error::ApiError;
 use metrics::{Metrics, RequestLabels};
@@ -36,8 +36,11 @@ use hearth_crds::router::RouterReport;
 /// Settings of the HTTP layer.
 #[derive(Clone, Debug)]
 pub struct ApiConfig {
-    /// Accepted API keys; when empty, no key is needed.
+    /// Operator keys: every route and model, no limits. When these and `tenants` are both
+    /// empty, no key is needed.
     pub api_keys: Vec<String>,
+    /// Tenants: their keys, the models they may call, and their limits.
+    pub tenants: Vec<tenants::TenantConfig>,
     /// Largest request body, in bytes.
     pub body_limit_bytes: usize,
     /// How long in-flight requests may run after a shutdown signal.
@@ -46,7 +49,12 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { api_keys: Vec::new(), body_limit_bytes: 4 * 1024 * 1024, drain: Duration::from_secs(30) }
+        Self {
+            api_keys: Vec::new(),
+            tenants: Vec::new(),
+            body_limit_bytes: 4 * 1024 * 1024,
+            drain: Duration::from_secs(30),
+        }
     }
 }
 
@@ -65,12 +73,22 @@ pub struct AppState {
     pub knowledge_bases: Arc<knowledge::KnowledgeBases>,
     /// Agents served, by name (what clients pass as `model`).
     pub agents: Arc<agents::Agents>,
+    /// The accepted keys and the tenants behind them.
+    pub keys: Arc<tenants::Keys>,
 }
 
 impl AppState {
     /// State over a registry.
+    ///
+    /// A tenant configuration [`tenants::Keys::new`] refuses is left out with an error logged;
+    /// check it first with [`tenants::Keys::new`] where it comes from the user.
     pub fn new(registry: Arc<Registry>, config: ApiConfig) -> Self {
+        let keys = tenants::Keys::new(config.api_keys.clone(), config.tenants.clone()).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "tenants refused; only the operator keys are accepted");
+            tenants::Keys::new(config.api_keys.clone(), Vec::new()).unwrap_or_default()
+        });
         Self {
+            keys: Arc::new(keys),
             registry,
             metrics: Arc::new(Metrics::default()),
             config: Arc::new(config),
@@ -229,21 +247,60 @@ async fn record(State(state): State<AppState>, req: Request, next: Next) -> Resp
 #[derive(Clone)]
 pub struct ServedName(pub String);
 
+/// Checks the key and, for a tenant calling a model reserved to tenants, that it may call it
+/// and is within its limits. The caller (and the tenant's standing on the model) go into the
+/// request's extensions for the handlers.
 async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let keys = &state.config.api_keys;
-    if !keys.is_empty() {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        // Constant-time comparison against every key, so timing reveals nothing.
-        let ok = keys.iter().fold(0u8, |acc, k| acc | u8::from(bool::from(k.as_bytes().ct_eq(presented.as_bytes()))));
-        if ok == 0 {
-            return ApiError::Unauthorized.into_response();
+    let keys = &state.keys;
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let Some(caller) = keys.identify(presented) else {
+        return ApiError::Unauthorized.into_response();
+    };
+    let tenant_key = match &caller {
+        tenants::Caller::Tenant(key) => key.clone(),
+        tenants::Caller::Anonymous | tenants::Caller::Operator => {
+            let mut req = req;
+            req.extensions_mut().insert(caller);
+            return next.run(req).await;
         }
+    };
+    // Which model the request is for: its body says, on the model routes.
+    let (parts, body) = req.into_parts();
+    let limit = parts.extensions.get::<BodyLimit>().map_or(usize::MAX, |l| l.0);
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(_) => return ApiError::PayloadTooLarge { limit_bytes: limit }.into_response(),
+    };
+    let mut req = Request::from_parts(parts, axum::body::Body::from(bytes.clone()));
+    if let Some(model) = target_model(&bytes).filter(|m| keys.is_tenanted(m)) {
+        let Some(standing) = tenant_key.on(&model) else {
+            // The same answer as for a model that does not exist: names reveal nothing.
+            return ApiError::ModelNotFound(model).into_response();
+        };
+        let admitted = standing.admit();
+        let outcome = match &admitted {
+            Ok(()) => "admitted",
+            Err(ApiError::RateLimited { limit, .. }) => limit,
+            Err(_) => "refused",
+        };
+        let labels = metrics::TenantLabels {
+            tenant: tenant_key.name.clone(),
+            model: model.clone(),
+            outcome: outcome.to_owned(),
+        };
+        state.metrics.tenant_requests.get_or_create(&labels).inc();
+        if let Err(limited) = admitted {
+            tracing::info!(tenant = %tenant_key.name, %model, error = %limited, "tenant limited");
+            return limited.into_response();
+        }
+        req.extensions_mut().insert(Arc::clone(standing));
     }
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
 
@@ -255,11 +312,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
+/// `GET /v1/models`: what the caller may call (a tenant does not see other tenants' models).
+async fn list_models(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<tenants::Caller>>,
+) -> Json<ModelList> {
+    let visible = |name: &str| match caller.as_deref() {
+        Some(tenants::Caller::Tenant(key)) => !state.keys.is_tenanted(name) || key.on(name).is_some(),
+        _ => true,
+    };
     let data = state
         .registry
         .all()
         .into_iter()
+        .filter(|(id, _)| visible(id))
         .map(|(id, m)| ModelCard { id, object: "model".into(), created: m.created(), owned_by: "hearth".into() })
         .chain(state.cascades.keys().map(|name| ModelCard {
             id: name.clone(),

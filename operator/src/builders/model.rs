@@ -8,8 +8,9 @@ use hearth_crds::{API_VERSION, Model};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
-    ResourceRequirements, Service, Toleration, Volume,
+    ConfigMap, Container, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, PodSpec,
+    PodTemplateSpec, ProjectedVolumeSource, ResourceRequirements, SecretProjection, Service, Toleration, Volume,
+    VolumeProjection,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -33,6 +34,8 @@ use super::{BuildContext, BuildError, BuildNote, NoteReason};
 use crate::sizing::{self, Footprint, SizingError};
 
 const COMPONENT: &str = "server";
+/// Where the tenants' Secret keys are mounted: `SECRETS_DIR/<Secret>/<key>`.
+const SECRETS_DIR: &str = "/etc/hearth/secrets";
 const CONFIG_FILE: &str = "model.yaml";
 const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Startup budget before any weights are read (runtime start, tokenizer, warm-up).
@@ -236,6 +239,41 @@ fn scheduling(spec: &ModelSpec) -> (BTreeMap<String, String>, Vec<Toleration>) {
     (node_selector, tolerations)
 }
 
+/// One projected volume with every tenant's key, each at `<Secret>/<key>` (what the server's
+/// `--secrets-dir` reads). Keys are read at start-up: rotate one with a rollout restart.
+fn tenant_secrets_volume(spec: &ModelSpec) -> Option<Volume> {
+    let mut by_secret: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for tenant in &spec.tenants {
+        let keys = by_secret.entry(tenant.api_key_secret_ref.name.as_str()).or_default();
+        if !keys.contains(&tenant.api_key_secret_ref.key.as_str()) {
+            keys.push(&tenant.api_key_secret_ref.key);
+        }
+    }
+    if by_secret.is_empty() {
+        return None;
+    }
+    let sources = by_secret
+        .into_iter()
+        .map(|(name, keys)| VolumeProjection {
+            secret: Some(SecretProjection {
+                name: name.to_owned(),
+                items: Some(
+                    keys.into_iter()
+                        .map(|key| KeyToPath { key: key.to_owned(), path: format!("{name}/{key}"), mode: None })
+                        .collect(),
+                ),
+                optional: Some(false),
+            }),
+            ..VolumeProjection::default()
+        })
+        .collect();
+    Some(Volume {
+        name: "tenant-keys".into(),
+        projected: Some(ProjectedVolumeSource { sources: Some(sources), default_mode: Some(0o440) }),
+        ..Volume::default()
+    })
+}
+
 fn desired_deployment(
     owner: &Owner,
     spec: &ModelSpec,
@@ -274,6 +312,11 @@ fn desired_deployment(
         server_mounts.push(source_mount);
     }
 
+    if let Some(secrets) = tenant_secrets_volume(spec) {
+        volumes.push(secrets);
+        server_mounts.push(mount("tenant-keys", SECRETS_DIR, true));
+    }
+
     let image = match spec.hardware.accelerator {
         Accelerator::Nvidia => ctx.server_image_cuda.clone(),
         Accelerator::Cpu | Accelerator::Apple => ctx.server_image.clone(),
@@ -299,12 +342,15 @@ fn desired_deployment(
         }),
         security_context: Some(container_security_context()),
         volume_mounts: Some(fetch_mounts),
+        // A failed fetch (a checksum mismatch above all) leaves its error where the Model
+        // controller reads it into the Model's status.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     };
 
     let timeout_seconds = i64::from(spec.serving.timeout_seconds);
     let startup_threshold = startup_budget_seconds(weights_bytes).div_ceil(STARTUP_PERIOD_SECONDS as u64);
-    let server_args = [
+    let mut server_args: Vec<String> = [
         "serve",
         "--config",
         &format!("{CONFIG_DIR}/{CONFIG_FILE}"),
@@ -317,13 +363,18 @@ fn desired_deployment(
         // In-flight requests may finish after SIGTERM, up to the request timeout.
         "--drain-seconds",
         &timeout_seconds.to_string(),
-    ];
+    ]
+    .map(str::to_owned)
+    .into();
+    if !spec.tenants.is_empty() {
+        server_args.extend(["--secrets-dir".to_owned(), SECRETS_DIR.to_owned()]);
+    }
     let server = Container {
         name: "server".into(),
         image: Some(image),
         image_pull_policy: Some("IfNotPresent".into()),
         command: Some(vec!["hearth-server".into()]),
-        args: Some(server_args.iter().map(|a| (*a).to_owned()).collect()),
+        args: Some(server_args),
         ports: Some(vec![http_port()]),
         startup_probe: Some(http_probe(
             "/readyz",

@@ -8,10 +8,10 @@ use hearth_crds::conditions::{READY, RECONCILING, STALLED, find_condition};
 use hearth_crds::model::{Footprint as StatusFootprint, Model, ModelPhase, ModelStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -19,6 +19,9 @@ use serde_json::json;
 use super::{Context, Error, MANAGER, apply, condition, delete_if_present, publish};
 use crate::builders::{ModelObjects, desired_model_objects, model_endpoint, scaled_object_resource};
 use crate::sizing::memory_quantity;
+
+/// The condition saying whether the weights were fetched and verified.
+pub const DOWNLOADED: &str = "Downloaded";
 
 /// The controller's name in metrics and logs.
 pub const NAME: &str = "model";
@@ -30,7 +33,13 @@ pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, E
     // Sizing comes from the spec; the fetch step does not report measured sizes yet.
     let objects = desired_model_objects(&model, &ctx.build, None)?;
     let deployment = apply_objects(&ctx, &namespace, &objects).await?;
-    let status = desired_status(&model, &objects, deployment.as_ref(), &ctx);
+    let fetch = match deployment.as_ref() {
+        Some(d) if d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) == 0 => {
+            fetch_failure(&server_pods(&ctx, &namespace, d).await?)
+        }
+        _ => None,
+    };
+    let status = desired_status(&model, &objects, deployment.as_ref(), fetch, &ctx);
     let previous = model.status.clone().unwrap_or_default();
     if status != previous {
         let api: Api<Model> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -97,11 +106,60 @@ async fn apply_objects(ctx: &Context, ns: &str, objects: &ModelObjects) -> Resul
     }
 }
 
-/// The status the Model should have, from what was built and what the Deployment reports.
+/// The Deployment's pods.
+async fn server_pods(ctx: &Context, ns: &str, deployment: &Deployment) -> Result<Vec<Pod>, Error> {
+    let labels = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|l| l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+        .unwrap_or_default();
+    if labels.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns);
+    Ok(pods.list(&ListParams::default().labels(&labels)).await?.items)
+}
+
+/// Why a server pod's fetch step failed, if one did: the condition reason (`ChecksumMismatch`
+/// when the weights' SHA-256 differs from `spec.source.sha256`, else `FetchFailed`) and a
+/// message with the step's own last words (its termination message, or its log tail).
+pub fn fetch_failure(pods: &[Pod]) -> Option<(&'static str, String)> {
+    const MOST: usize = 600;
+    for pod in pods {
+        let statuses = pod.status.iter().flat_map(|s| s.init_container_statuses.iter().flatten());
+        for status in statuses.filter(|s| s.name == "fetch") {
+            let failed = |state: Option<&k8s_openapi::api::core::v1::ContainerState>| {
+                state.and_then(|s| s.terminated.as_ref()).filter(|t| t.exit_code != 0).cloned()
+            };
+            let Some(terminated) = failed(status.state.as_ref()).or_else(|| failed(status.last_state.as_ref())) else {
+                continue;
+            };
+            let said = terminated.message.unwrap_or_default();
+            let said = said.trim();
+            let tail = match said.char_indices().rev().nth(MOST) {
+                Some((at, _)) => &said[at..],
+                None => said,
+            };
+            let reason = if said.contains("SHA-256 mismatch") { "ChecksumMismatch" } else { "FetchFailed" };
+            let message = format!(
+                "pod {}: the fetch step exited with {}: {tail}",
+                pod.metadata.name.as_deref().unwrap_or("?"),
+                terminated.exit_code
+            );
+            return Some((reason, message));
+        }
+    }
+    None
+}
+
+/// The status the Model should have, from what was built, what the Deployment reports and
+/// why its fetch step failed, if it did ([`fetch_failure`]).
 pub fn desired_status(
     model: &Model,
     objects: &ModelObjects,
     deployment: Option<&Deployment>,
+    fetch: Option<(&'static str, String)>,
     ctx: &Context,
 ) -> ModelStatus {
     let generation = model.meta().generation;
@@ -136,7 +194,16 @@ pub fn desired_status(
         status.ready_replicas = 0;
         return status;
     }
-    condition(conditions, STALLED, false, "Progressing", "", generation);
+    let ready_replicas = deployment.and_then(|d| d.status.as_ref()).and_then(|s| s.ready_replicas).unwrap_or(0);
+    match (&fetch, ready_replicas) {
+        (Some((reason, message)), 0) => {
+            // Weights that fail their checksum are never served: no replica starts.
+            condition(conditions, READY, false, reason, message.clone(), generation);
+            condition(conditions, STALLED, true, reason, message.clone(), generation);
+            condition(conditions, DOWNLOADED, false, reason, message.clone(), generation);
+        }
+        _ => condition(conditions, STALLED, false, "Progressing", "", generation),
+    }
     for note in &objects.notes {
         condition(conditions, "Scaled", false, note.reason.as_str(), note.message.clone(), generation);
     }
@@ -152,6 +219,19 @@ pub fn desired_status(
     let available = dep_status.available_replicas.unwrap_or(0);
     let rolled_out = observed && updated >= wanted && status.replicas == updated && available >= wanted;
     let ready = status.ready_replicas >= 1 || (wanted == 0 && rolled_out);
+    if fetch.is_some() && !ready {
+        status.phase = ModelPhase::Failed;
+        return status;
+    }
+    if status.ready_replicas >= 1 {
+        let (reason, message) = match &model.spec.source.sha256 {
+            Some(_) => {
+                ("WeightsVerified", "a replica fetched the weights and their SHA-256 matched spec.source.sha256")
+            }
+            None => ("WeightsFetched", "a replica fetched the weights (no spec.source.sha256 to check them against)"),
+        };
+        condition(conditions, DOWNLOADED, true, reason, message, generation);
+    }
     if ready {
         condition(
             conditions,
@@ -206,5 +286,55 @@ async fn announce(ctx: &Context, model: &Model, before: &ModelStatus, after: &Mo
             && find_condition(&after.conditions, STALLED)
                 .is_some_and(|c| c.status == hearth_crds::ConditionStatus::True);
         publish(ctx, model, warning, &ready.reason, ready.message.clone()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, fetch_status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "status": {"initContainerStatuses": [
+                {"name": "fetch", "image": "x", "imageID": "", "ready": false, "restartCount": 2, "started": false,
+                 "state": fetch_status["state"], "lastState": fetch_status["lastState"]}
+            ]}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_checksum_mismatch_in_a_crash_looping_fetch_is_named() {
+        let crash_looping = pod(
+            "gemma-server-abc",
+            json!({
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 1, "message":
+                    "Error: /cache/gemma.gguf.partial: SHA-256 mismatch: expected 00ff, found 1234; the file was removed\n"}}
+            }),
+        );
+        let (reason, message) = fetch_failure(&[crash_looping]).expect("a failure");
+        assert_eq!(reason, "ChecksumMismatch");
+        assert!(message.starts_with("pod gemma-server-abc: the fetch step exited with 1: Error:"), "{message}");
+        assert!(message.contains("expected 00ff, found 1234"), "{message}");
+    }
+
+    #[test]
+    fn other_failures_are_fetch_failures_and_success_or_running_is_none() {
+        let failed = pod("p", json!({"state": {"terminated": {"exitCode": 2, "message": "404 Not Found"}}}));
+        assert_eq!(fetch_failure(&[failed]).map(|f| f.0), Some("FetchFailed"));
+        let done = pod("p", json!({"state": {"terminated": {"exitCode": 0}}}));
+        let running = pod("p", json!({"state": {"running": {}}}));
+        assert_eq!(fetch_failure(&[done, running]), None);
+        assert_eq!(fetch_failure(&[]), None);
+    }
+
+    #[test]
+    fn a_long_log_is_cut_to_its_tail() {
+        let log = format!("{}SHA-256 mismatch at the end", "x".repeat(5000));
+        let failed = pod("p", json!({"state": {"terminated": {"exitCode": 1, "message": log}}}));
+        let (_, message) = fetch_failure(&[failed]).expect("a failure");
+        assert!(message.len() < 700 && message.ends_with("SHA-256 mismatch at the end"), "{}", message.len());
     }
 }
