@@ -6,24 +6,25 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use support::qdrant::FakeQdrant;
+use support::stack::{cascade, knowledge_base, model};
+use support::workloads;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use futures::future::BoxFuture;
 
 use hearth_crds::agent::Agent;
 use hearth_crds::conditions::{ESCALATION_BUDGET_EXCEEDED, READY, STALLED, find_condition};
 use hearth_crds::knowledge_base::{DeletionPolicy, KnowledgeBase, QdrantStore};
 use hearth_crds::router::RouterReport;
 use hearth_crds::runtime::{AgentRuntimeConfig, IngestSummary};
-use hearth_crds::{Cascade, ConditionStatus, Model, Resource as StackResource, parse_stack};
+use hearth_crds::{Cascade, ConditionStatus, Model};
 use hearth_operator::builders::BuildContext;
 use hearth_operator::builders::restricted_profile_violations;
 use hearth_operator::controller::knowledge_base::{COLLECTION_READY, INDEXED};
 use hearth_operator::controller::{self, Context};
 use hearth_operator::metrics::Metrics;
-use hearth_operator::qdrant::{Collection, CollectionShape, CollectionTuning, QdrantAdmin, QdrantAdminError};
+use hearth_operator::qdrant::{CollectionShape, CollectionTuning, QdrantAdmin};
 use hearth_test_apiserver::{FakeApiServer, Fault, ResourceInfo, Verb};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -36,97 +37,6 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 const NS: &str = "ai";
-
-fn quickstart() -> Vec<StackResource> {
-    let text = include_str!("../../manifests/examples/quickstart.yaml");
-    parse_stack(text, "quickstart.yaml").unwrap()
-}
-
-fn model(name: &str) -> Model {
-    quickstart()
-        .into_iter()
-        .find_map(|r| match r {
-            StackResource::Model(m) if m.name_any() == name => Some(*m),
-            _ => None,
-        })
-        .unwrap()
-}
-
-fn cascade() -> Cascade {
-    quickstart()
-        .into_iter()
-        .find_map(|r| match r {
-            StackResource::Cascade(c) => Some(*c),
-            _ => None,
-        })
-        .unwrap()
-}
-
-/// Collections in memory, keyed by (server URL, name), with a log of every change.
-#[derive(Default)]
-struct FakeQdrant {
-    collections: Mutex<BTreeMap<(String, String), CollectionShape>>,
-    log: Mutex<Vec<String>>,
-}
-
-impl FakeQdrant {
-    fn shape(&self, url: &str, name: &str) -> Option<CollectionShape> {
-        self.collections.lock().unwrap().get(&(url.to_owned(), name.to_owned())).copied()
-    }
-
-    fn put(&self, url: &str, name: &str, shape: CollectionShape) {
-        self.collections.lock().unwrap().insert((url.to_owned(), name.to_owned()), shape);
-    }
-
-    fn logged(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl QdrantAdmin for FakeQdrant {
-    fn describe<'a>(
-        &'a self,
-        url: &'a str,
-        collection: &'a str,
-    ) -> BoxFuture<'a, Result<Collection, QdrantAdminError>> {
-        Box::pin(async move { Ok(self.shape(url, collection).map_or(Collection::Missing, Collection::Hearth)) })
-    }
-
-    fn create<'a>(
-        &'a self,
-        url: &'a str,
-        collection: &'a str,
-        shape: CollectionShape,
-    ) -> BoxFuture<'a, Result<(), QdrantAdminError>> {
-        Box::pin(async move {
-            self.log.lock().unwrap().push(format!("create {collection} {}", shape.dimension));
-            self.put(url, collection, shape);
-            Ok(())
-        })
-    }
-
-    fn tune<'a>(
-        &'a self,
-        url: &'a str,
-        collection: &'a str,
-        tuning: CollectionTuning,
-    ) -> BoxFuture<'a, Result<(), QdrantAdminError>> {
-        Box::pin(async move {
-            self.log.lock().unwrap().push(format!("tune {collection} m={}", tuning.hnsw_m));
-            let mut collections = self.collections.lock().unwrap();
-            let shape = collections.get_mut(&(url.to_owned(), collection.to_owned())).expect("tuned after created");
-            shape.tuning = tuning;
-            Ok(())
-        })
-    }
-
-    fn delete<'a>(&'a self, url: &'a str, collection: &'a str) -> BoxFuture<'a, Result<bool, QdrantAdminError>> {
-        Box::pin(async move {
-            self.log.lock().unwrap().push(format!("delete {collection}"));
-            Ok(self.collections.lock().unwrap().remove(&(url.to_owned(), collection.to_owned())).is_some())
-        })
-    }
-}
 
 struct Harness {
     server: FakeApiServer,
@@ -224,14 +134,7 @@ impl Harness {
 
     /// Marks a Deployment rolled out and ready, as the Deployment controller would.
     async fn make_ready(&self, name: &str) {
-        let deployments = self.api::<Deployment>();
-        let d = deployments.get(name).await.unwrap();
-        let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let status = json!({"status": {
-            "observedGeneration": d.metadata.generation,
-            "replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas, "availableReplicas": replicas,
-        }});
-        deployments.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+        workloads::make_ready(&self.api(), name).await.unwrap();
     }
 }
 
@@ -482,16 +385,6 @@ async fn a_cascade_waits_for_its_models_and_follows_their_readiness() {
 
 // ---------------------------------------------------------------- knowledge bases
 
-fn knowledge_base(name: &str) -> KnowledgeBase {
-    quickstart()
-        .into_iter()
-        .find_map(|r| match r {
-            StackResource::KnowledgeBase(kb) if kb.name_any() == name => Some(*kb),
-            _ => None,
-        })
-        .unwrap()
-}
-
 /// The quickstart's handbook on an external Qdrant without an API key.
 fn external_knowledge_base(name: &str, policy: DeletionPolicy) -> KnowledgeBase {
     let mut kb = knowledge_base("handbook");
@@ -539,31 +432,7 @@ impl Harness {
     /// Finishes an ingestion Job as the Job controller and kubelet would: a pod whose `ingest`
     /// container left `message` as its termination message, then the Job's status.
     async fn finish_job(&self, job: &str, succeeded: bool, message: &str, at: &str) {
-        let pods = self.api::<Pod>();
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": format!("{job}-abcde"), "labels": {"job-name": job}},
-            "spec": {"containers": [{"name": "ingest", "image": "hearth-server"}], "restartPolicy": "Never"},
-        }))
-        .unwrap();
-        pods.create(&PostParams::default(), &pod).await.unwrap();
-        let status = json!({"status": {
-            "phase": if succeeded { "Succeeded" } else { "Failed" },
-            "containerStatuses": [{
-                "name": "ingest", "image": "hearth-server", "imageID": "", "ready": false, "restartCount": 0,
-                "state": {"terminated": {"exitCode": if succeeded { 0 } else { 1 }, "finishedAt": at, "message": message}},
-            }],
-        }});
-        pods.patch_status(&format!("{job}-abcde"), &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
-        let condition = if succeeded { "Complete" } else { "Failed" };
-        let mut status =
-            json!({"status": {"conditions": [{"type": condition, "status": "True", "lastTransitionTime": at}]}});
-        if succeeded {
-            status["status"]["succeeded"] = json!(1);
-            status["status"]["completionTime"] = json!(at);
-        } else {
-            status["status"]["failed"] = json!(3);
-        }
-        self.api::<Job>().patch_status(job, &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+        workloads::finish_job(&self.api(), &self.api(), job, succeeded, message, at).await.unwrap();
     }
 }
 

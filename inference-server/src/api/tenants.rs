@@ -388,6 +388,31 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_read_from_secret_files_and_errors_name_the_field() {
+        let tenants: Vec<hearth_crds::model::Tenant> = serde_yaml::from_str(
+            "- {name: acme, apiKeySecretRef: {name: acme-key, key: token}, requestsPerMinute: 600}\n\
+             - {name: globex, apiKeySecretRef: {name: globex-key, key: token}}\n",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let missing = tenants_of_model("qwen", &tenants, None).unwrap_err().to_string();
+        assert!(missing.contains("Model `qwen`: spec.tenants[0].apiKeySecretRef") && missing.contains("--secrets-dir"));
+        let unreadable = tenants_of_model("qwen", &tenants, Some(dir.path())).unwrap_err().to_string();
+        assert!(unreadable.contains("acme-key/token"), "{unreadable}");
+        for (secret, key) in [("acme-key", "acme-0123456789abcdef\n"), ("globex-key", "short")] {
+            std::fs::create_dir(dir.path().join(secret)).unwrap();
+            std::fs::write(dir.path().join(secret).join("token"), key).unwrap();
+        }
+        let short = tenants_of_model("qwen", &tenants, Some(dir.path())).unwrap_err().to_string();
+        assert!(short.contains("spec.tenants[1]") && short.contains("shorter than 16"), "{short}");
+        std::fs::write(dir.path().join("globex-key/token"), "globex-0123456789abcdef").unwrap();
+        let read = tenants_of_model("qwen", &tenants, Some(dir.path())).unwrap();
+        assert_eq!(read[0].key, "acme-0123456789abcdef", "the trailing newline is trimmed");
+        assert_eq!((read[0].model.as_str(), read[0].requests_per_minute), ("qwen", Some(600)));
+        assert_eq!((read[1].name.as_str(), read[1].tokens_per_minute), ("globex", None));
+    }
+
+    #[test]
     fn keys_never_reach_debug_output() {
         let c = config("acme", "very-secret-key-123", "m", None, None);
         assert!(!format!("{c:?}").contains("very-secret"));

@@ -105,21 +105,35 @@ impl CollectionState {
     }
 }
 
+/// Records in status that the collection is the KnowledgeBase's before anything creates it, so
+/// that a deletion after a crash between the creation and the status write still deletes it.
+async fn record_collection(ctx: &Context, kb: &KnowledgeBase, ns: &str, name: &str) -> Result<(), Error> {
+    if kb.status.as_ref().and_then(|s| s.collection.as_deref()) == Some(name) {
+        return Ok(());
+    }
+    let api: Api<KnowledgeBase> = Api::namespaced(ctx.client.clone(), ns);
+    let status = json!({"status": {"collection": name}});
+    api.patch_status(&kb.name_any(), &PatchParams::default(), &Patch::Merge(status)).await?;
+    Ok(())
+}
+
 async fn ensure_collection(
     ctx: &Context,
+    kb: &KnowledgeBase,
+    ns: &str,
     target: &CollectionTarget,
     model: &str,
     dimension: Option<u64>,
     qdrant_ready: Option<bool>,
-) -> CollectionState {
+) -> Result<CollectionState, Error> {
     let (url, name) = (target.url.as_str(), target.name.as_str());
     if target.needs_api_key {
-        return CollectionState::Deferred(format!(
+        return Ok(CollectionState::Deferred(format!(
             "Qdrant at {url} needs an API key and the operator does not read Secrets: ingestion creates collection {name}; HNSW and quantization changes are not applied in place and the collection is not deleted with the KnowledgeBase"
-        ));
+        )));
     }
     if qdrant_ready == Some(false) {
-        return CollectionState::Waiting("QdrantStarting", "waiting for the managed Qdrant to become ready".into());
+        return Ok(CollectionState::Waiting("QdrantStarting", "waiting for the managed Qdrant to become ready".into()));
     }
     let wanted = CollectionTuning {
         hnsw_m: target.hnsw_m,
@@ -127,7 +141,7 @@ async fn ensure_collection(
         int8_quantization: target.int8_quantization,
     };
     let unreachable = |e: crate::qdrant::QdrantAdminError| CollectionState::Waiting("QdrantUnreachable", e.to_string());
-    match ctx.qdrant.describe(url, name).await {
+    Ok(match ctx.qdrant.describe(url, name).await {
         Err(e) => unreachable(e),
         Ok(Collection::Foreign(why)) => CollectionState::Stalled(
             "ForeignCollection",
@@ -137,6 +151,7 @@ async fn ensure_collection(
         ),
         Ok(Collection::Missing) => match dimension {
             Some(dimension) => {
+                record_collection(ctx, kb, ns, name).await?;
                 match ctx.qdrant.create(url, name, CollectionShape { dimension, tuning: wanted }).await {
                     Ok(()) => {
                         CollectionState::Ready(format!("created collection {name} ({dimension} dimensions) on {url}"))
@@ -150,16 +165,19 @@ async fn ensure_collection(
         },
         Ok(Collection::Hearth(shape)) => {
             if let Some(dimension) = dimension.filter(|d| *d != shape.dimension) {
-                return CollectionState::Stalled(
+                return Ok(CollectionState::Stalled(
                     "DimensionMismatch",
                     format!(
                         "collection {name} on {url} holds {}-dimensional vectors but Model {model} makes {dimension}-dimensional ones; the operator never re-creates a collection: delete it (it is re-ingested) or name another collection in spec.store.qdrant.collection",
                         shape.dimension
                     ),
-                );
+                ));
             }
             if shape.tuning == wanted {
-                return CollectionState::Ready(format!("collection {name} ({} dimensions) on {url}", shape.dimension));
+                return Ok(CollectionState::Ready(format!(
+                    "collection {name} ({} dimensions) on {url}",
+                    shape.dimension
+                )));
             }
             match ctx.qdrant.tune(url, name, wanted).await {
                 Ok(()) => CollectionState::Ready(format!(
@@ -174,7 +192,7 @@ async fn ensure_collection(
                 Err(e) => unreachable(e),
             }
         }
-    }
+    })
 }
 
 /// Deletes `name` if it exists and `uid` owns it: the operator never deletes what it did
@@ -479,7 +497,7 @@ async fn apply_knowledge_base(kb: &KnowledgeBase, ctx: &Context, ns: &str) -> Re
     } else {
         let dimension =
             embedding.as_ref().filter(|e| e.model.spec.task == ModelTask::Embedding).and_then(|e| e.dimension);
-        ensure_collection(ctx, &objects.collection, &model_name, dimension, qdrant_ready).await
+        ensure_collection(ctx, kb, ns, &objects.collection, &model_name, dimension, qdrant_ready).await?
     };
 
     let may_ingest = objects.blocked.is_none()
@@ -489,6 +507,10 @@ async fn apply_knowledge_base(kb: &KnowledgeBase, ctx: &Context, ns: &str) -> Re
     if let Some(job) = objects.ingest_job.as_ref().filter(|_| may_ingest) {
         // A Job's template cannot change: create it once; its name carries what it ingests.
         if jobs.get_opt(&job.name_any()).await?.is_none() {
+            if matches!(collection, CollectionState::Deferred(_)) {
+                // The Job creates the collection: record it first, as before creating it here.
+                record_collection(ctx, kb, ns, &objects.collection.name).await?;
+            }
             match jobs.create(&PostParams { field_manager: Some(MANAGER.into()), ..PostParams::default() }, job).await {
                 Ok(_) => {
                     publish(ctx, kb, false, "Ingesting", format!("started ingestion Job {}", job.name_any())).await

@@ -1,5 +1,11 @@
 //! Helpers shared by the operator's integration tests.
 
+#![allow(dead_code)] // each test binary uses a different part
+
+pub mod qdrant;
+pub mod stack;
+pub mod workloads;
+
 use std::time::Duration;
 
 /// Polls `check` every `every` until it returns Some, failing after `seconds`.

@@ -119,7 +119,8 @@ async fn serve(
         _ => return Err(ApiError::new(405, "MethodNotAllowed", format!("{method} is not allowed here"))),
     };
     app.store.count_request(verb, &info.api.plural);
-    let decision = app.faults.decide(verb, &info.api.plural);
+    let client = headers.get(crate::CLIENT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let decision = app.faults.decide(verb, &info.api.plural, client.as_deref());
     if let Some(delay) = decision.delay {
         tokio::time::sleep(delay).await;
     }
@@ -138,7 +139,11 @@ async fn serve(
         name: route.name.clone().unwrap_or_default(),
         status: route.status,
     };
-    let params = WriteParams { field_manager: query.get("fieldManager").cloned(), force: flag(query, "force") };
+    let params = WriteParams {
+        field_manager: query.get("fieldManager").cloned(),
+        force: flag(query, "force"),
+        client: client.clone(),
+    };
     let store = &app.store;
     let ok = |object: Value| Ok(Json(object).into_response());
     match verb {
@@ -164,7 +169,12 @@ async fn serve(
                 type_meta: (info.api_version().to_string(), info.api.kind.clone()),
             };
             let filter = WatchFilter { kind: route.kind, namespace: route.namespace.clone(), selector };
-            let body = watch::stream(Arc::clone(store), filter, options, app.faults.watch_closer());
+            let closers = watch::Closers {
+                all: app.faults.watch_closer(),
+                crashed: app.faults.crash_watcher(),
+                client: client.clone(),
+            };
+            let body = watch::stream(Arc::clone(store), filter, options, closers);
             Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
         }
         Verb::Create => {
@@ -218,6 +228,7 @@ async fn serve(
                 orphan: policy == Some("Orphan"),
                 uid: precondition("uid"),
                 resource_version: precondition("resourceVersion"),
+                client,
             };
             if verb == Verb::Delete {
                 ok(store.delete(&target, &params)?)

@@ -53,6 +53,8 @@ pub struct Write {
     pub subresource: Option<String>,
     /// The `fieldManager` query parameter, when given.
     pub field_manager: Option<String>,
+    /// The client that made the write, when it named itself ([`crate::CLIENT_HEADER`]).
+    pub client: Option<String>,
     /// Whether the object changed; a no-op write keeps its resourceVersion and sends no event.
     pub changed: bool,
     /// The object's resourceVersion after the write.

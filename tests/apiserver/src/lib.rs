@@ -20,7 +20,8 @@
 //! conflicts and `force`; the status subresource and generation rules; no-op writes that keep
 //! the resourceVersion and send no event; list (selectors, paging) and watch (history replay,
 //! bookmarks, streaming lists, timeouts, 410 Gone from a bounded history); finalizers;
-//! owner-reference garbage collection; discovery; fault injection, request counts and a write log.
+//! owner-reference garbage collection; discovery; fault injection (statuses, delays, dropped
+//! watches, and named clients crashed after their n-th write), request counts and a write log.
 //!
 //! Deliberately left out: schema validation, defaulting, CEL and admission; authentication and
 //! authorization; list-map merge keys and `$patch` directives (lists are atomic); subresources
@@ -54,6 +55,11 @@ use std::time::Duration;
 use store::Store;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// The request header a client names itself with (see [`FakeApiServer::client_named`]): its
+/// writes are logged with the name, and faults can target it ([`Fault::from_client`],
+/// [`Faults::crash_after_writes`]).
+pub const CLIENT_HEADER: &str = "x-hearth-test-client";
 
 /// Configures a [`FakeApiServer`]: which kinds it serves and how its watches behave.
 #[derive(Debug)]
@@ -107,8 +113,8 @@ impl Builder {
     /// When no loopback port can be bound.
     pub async fn start(self) -> FakeApiServer {
         let registry = Arc::new(self.registry);
-        let store = Arc::new(Store::new(Arc::clone(&registry), self.history_limit));
         let faults = Faults::new();
+        let store = Arc::new(Store::new(Arc::clone(&registry), self.history_limit, faults.clone()));
         let app = Arc::new(http::App {
             store: Arc::clone(&store),
             registry: Arc::clone(&registry),
@@ -164,6 +170,23 @@ impl FakeApiServer {
     /// A client for this server (with kube's default retries of 429/503/504).
     pub fn client(&self) -> kube::Client {
         kube::Client::try_from(self.config()).expect("a plain-HTTP client needs no TLS setup")
+    }
+
+    /// A client configuration that names its client `name` in every request ([`CLIENT_HEADER`]).
+    pub fn config_named(&self, name: &str) -> kube::Config {
+        let mut config = self.config();
+        let value = axum::http::HeaderValue::from_str(name).expect("a client name is a valid header value");
+        config.headers.push((axum::http::HeaderName::from_static(CLIENT_HEADER), value));
+        config
+    }
+
+    /// A client that names itself `name`, so faults can single it out: crash it after its n-th
+    /// write ([`Faults::crash_after_writes`]) or fail only its requests ([`Fault::from_client`]).
+    ///
+    /// # Panics
+    /// When `name` is not a valid header value.
+    pub fn client_named(&self, name: &str) -> kube::Client {
+        kube::Client::try_from(self.config_named(name)).expect("a plain-HTTP client needs no TLS setup")
     }
 
     /// The handle to inject faults at run time.
@@ -227,7 +250,8 @@ impl FakeApiServer {
     }
 
     /// The writes the server accepted, in order (no-op writes included, with `changed: false`;
-    /// garbage-collector deletes carry the field manager `garbage-collector`).
+    /// garbage-collector deletes carry the field manager `garbage-collector`; writes of a named
+    /// client carry its name).
     pub fn writes(&self) -> Vec<Write> {
         self.store.writes()
     }

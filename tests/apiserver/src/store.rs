@@ -4,6 +4,7 @@
 
 use crate::apply::{self, Managers, Scope};
 use crate::error::ApiError;
+use crate::faults::Faults;
 use crate::journal::{Journal, PatchType, Verb, Write};
 use crate::resources::{Registry, ResourceInfo};
 use crate::selector::Selector;
@@ -34,6 +35,8 @@ pub(crate) enum PatchBody {
 pub(crate) struct WriteParams {
     pub(crate) field_manager: Option<String>,
     pub(crate) force: bool,
+    /// Who writes ([`crate::CLIENT_HEADER`]), for the write log and crash faults.
+    pub(crate) client: Option<String>,
 }
 
 /// The parts of DeleteOptions the store honours.
@@ -42,6 +45,7 @@ pub(crate) struct DeleteParams {
     pub(crate) orphan: bool,
     pub(crate) uid: Option<String>,
     pub(crate) resource_version: Option<String>,
+    pub(crate) client: Option<String>,
 }
 
 /// What happened to an object; a watch turns it into ADDED/MODIFIED/DELETED for its filter.
@@ -82,6 +86,10 @@ struct Entry {
 /// The field manager the garbage collector's writes are logged with.
 const GARBAGE_COLLECTOR: &str = "garbage-collector";
 
+fn garbage_collector() -> WriteParams {
+    WriteParams { field_manager: Some(GARBAGE_COLLECTOR.to_string()), ..WriteParams::default() }
+}
+
 type Key = (String, String);
 
 struct State {
@@ -100,6 +108,9 @@ struct State {
 /// The store, shared by the HTTP handlers, the watch streams and the test handle.
 pub(crate) struct Store {
     state: Mutex<State>,
+    /// Refuses writes from crashed clients and counts the others, under the state's lock, so a
+    /// client crashes exactly after its n-th write even with writes in flight.
+    faults: Faults,
 }
 
 fn now() -> String {
@@ -182,7 +193,7 @@ fn check_resource_version(body: &Value, current: &Value) -> Result<(), ApiError>
 }
 
 impl Store {
-    pub(crate) fn new(registry: Arc<Registry>, history_limit: usize) -> Self {
+    pub(crate) fn new(registry: Arc<Registry>, history_limit: usize, faults: Faults) -> Self {
         let kinds = registry.kinds.len();
         let state = State {
             registry,
@@ -195,7 +206,7 @@ impl Store {
             changes: broadcast::channel(1 << 16).0,
             journal: Journal::default(),
         };
-        Self { state: Mutex::new(state) }
+        Self { state: Mutex::new(state), faults }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -277,90 +288,43 @@ impl Store {
         })
     }
 
-    pub(crate) fn create(&self, t: &Target, mut body: Value, params: &WriteParams) -> Result<Value, ApiError> {
+    /// Runs one client write under the state's lock: refused when the client crashed, counted
+    /// (and maybe crashing it) when it is logged.
+    fn write(
+        &self,
+        client: Option<&str>,
+        write: impl FnOnce(&mut State) -> Result<Value, ApiError>,
+    ) -> Result<Value, ApiError> {
         let mut state = self.lock();
-        let info = state.registry.kinds[t.kind].clone();
-        let name = body.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
-        let name = if name.is_empty() {
-            let prefix = body.pointer("/metadata/generateName").and_then(Value::as_str).unwrap_or_default();
-            if prefix.is_empty() {
-                return Err(ApiError::new(422, "Invalid", "metadata.name or metadata.generateName is required"));
-            }
-            state.serial += 1;
-            format!("{prefix}{:05x}", state.serial)
-        } else {
-            name
-        };
-        let target = Target { name, ..t.clone() };
-        if state.objects[t.kind].contains_key(&(t.namespace.clone(), target.name.clone())) {
-            let message = format!("{} \"{}\" already exists", info.api.plural, target.name);
-            return Err(ApiError::new(409, "AlreadyExists", message));
+        self.faults.admit_write(client)?;
+        let before = state.journal.writes.len();
+        let written = write(&mut state)?;
+        // Deleting an object already marked for deletion writes nothing and is not counted.
+        if state.journal.writes[before..].iter().any(|w| w.client.as_deref() == client) {
+            self.faults.wrote(client);
         }
-        if info.status_subresource {
-            body = with_status(body, None);
-        }
-        let mut managers = Managers::new();
-        apply::record_update(None, &body, &mut managers, params.manager(), &now());
-        let log = state.record(&target, Verb::Create, None, params.field_manager.clone());
-        state.commit(&target, None, body, managers, log, false)
+        Ok(written)
+    }
+
+    pub(crate) fn create(&self, t: &Target, body: Value, params: &WriteParams) -> Result<Value, ApiError> {
+        self.write(params.client.as_deref(), |state| state.create(t, body, params))
     }
 
     pub(crate) fn replace(&self, t: &Target, body: Value, params: &WriteParams) -> Result<Value, ApiError> {
-        let mut state = self.lock();
-        let old = state.entry(t)?;
-        check_resource_version(&body, &old.object)?;
-        let log = state.record(t, Verb::Update, None, params.field_manager.clone());
-        state.update(t, old, body, params, log)
+        self.write(params.client.as_deref(), |state| {
+            let old = state.entry(t)?;
+            check_resource_version(&body, &old.object)?;
+            let log = state.record(t, Verb::Update, None, params);
+            state.update(t, old, body, params, log)
+        })
     }
 
     pub(crate) fn patch(&self, t: &Target, patch: PatchBody, params: &WriteParams) -> Result<Value, ApiError> {
-        let mut state = self.lock();
-        let patch_type = match &patch {
-            PatchBody::Apply(_) => PatchType::Apply,
-            PatchBody::Merge(_, patch_type) => *patch_type,
-            PatchBody::Json(_) => PatchType::Json,
-        };
-        let log = state.record(t, Verb::Patch, Some(patch_type), params.field_manager.clone());
-        let old = state.entry(t);
-        let (old, patched) = match (old, patch) {
-            (old, PatchBody::Apply(applied)) if old.is_ok() || !t.status => {
-                return state.server_side_apply(t, old.ok(), applied, params, log);
-            }
-            (Err(e), _) => return Err(e),
-            (Ok(old), PatchBody::Merge(patch, _)) => {
-                let mut patched = old.object.clone();
-                json_patch::merge(&mut patched, &patch);
-                (old, patched)
-            }
-            (Ok(old), PatchBody::Json(ops)) => {
-                let mut patched = old.object.clone();
-                json_patch(&mut patched, &ops)?;
-                (old, patched)
-            }
-            (Ok(_), PatchBody::Apply(_)) => unreachable!("apply to an existing object is handled above"),
-        };
-        check_resource_version(&patched, &old.object)?;
-        state.update(t, old, patched, params, log)
+        self.write(params.client.as_deref(), |state| state.patch(t, patch, params))
     }
 
     pub(crate) fn delete(&self, t: &Target, params: &DeleteParams) -> Result<Value, ApiError> {
-        let mut state = self.lock();
-        let entry = state.entry(t)?;
-        let current_meta = |field: &str| entry.object["metadata"][field].as_str().unwrap_or_default().to_string();
-        for (field, wanted) in [("uid", &params.uid), ("resourceVersion", &params.resource_version)] {
-            if let Some(wanted) = wanted.as_deref().filter(|w| *w != current_meta(field)) {
-                let message = format!(
-                    "Precondition failed: {field} in precondition: {wanted}, in object: {}",
-                    current_meta(field)
-                );
-                return Err(ApiError::conflict(message));
-            }
-        }
-        if params.orphan {
-            state.orphan_dependents(&current_meta("uid"));
-        }
-        let log = state.record(t, Verb::Delete, None, None);
-        state.delete_entry(t, entry, log)
+        self.write(params.client.as_deref(), |state| state.delete(t, params))
     }
 
     /// Deletes every selected object of a kind in a namespace (or all), returning them as a list.
@@ -380,7 +344,9 @@ impl Store {
                 name: item["metadata"]["name"].as_str().unwrap_or_default().to_string(),
                 status: false,
             };
-            match self.delete(&target, &DeleteParams { orphan: params.orphan, ..DeleteParams::default() }) {
+            let params =
+                DeleteParams { orphan: params.orphan, client: params.client.clone(), ..DeleteParams::default() };
+            match self.delete(&target, &params) {
                 Ok(object) => deleted.push(object),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
@@ -430,8 +396,84 @@ impl State {
         &self.registry.kinds[kind].api.plural
     }
 
+    fn create(&mut self, t: &Target, mut body: Value, params: &WriteParams) -> Result<Value, ApiError> {
+        let info = self.registry.kinds[t.kind].clone();
+        let name = body.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let name = if name.is_empty() {
+            let prefix = body.pointer("/metadata/generateName").and_then(Value::as_str).unwrap_or_default();
+            if prefix.is_empty() {
+                return Err(ApiError::new(422, "Invalid", "metadata.name or metadata.generateName is required"));
+            }
+            self.serial += 1;
+            format!("{prefix}{:05x}", self.serial)
+        } else {
+            name
+        };
+        let target = Target { name, ..t.clone() };
+        if self.objects[t.kind].contains_key(&(t.namespace.clone(), target.name.clone())) {
+            let message = format!("{} \"{}\" already exists", info.api.plural, target.name);
+            return Err(ApiError::new(409, "AlreadyExists", message));
+        }
+        if info.status_subresource {
+            body = with_status(body, None);
+        }
+        let mut managers = Managers::new();
+        apply::record_update(None, &body, &mut managers, params.manager(), &now());
+        let log = self.record(&target, Verb::Create, None, params);
+        self.commit(&target, None, body, managers, log, false)
+    }
+
+    fn patch(&mut self, t: &Target, patch: PatchBody, params: &WriteParams) -> Result<Value, ApiError> {
+        let patch_type = match &patch {
+            PatchBody::Apply(_) => PatchType::Apply,
+            PatchBody::Merge(_, patch_type) => *patch_type,
+            PatchBody::Json(_) => PatchType::Json,
+        };
+        let log = self.record(t, Verb::Patch, Some(patch_type), params);
+        let old = self.entry(t);
+        let (old, patched) = match (old, patch) {
+            (old, PatchBody::Apply(applied)) if old.is_ok() || !t.status => {
+                return self.server_side_apply(t, old.ok(), applied, params, log);
+            }
+            (Err(e), _) => return Err(e),
+            (Ok(old), PatchBody::Merge(patch, _)) => {
+                let mut patched = old.object.clone();
+                json_patch::merge(&mut patched, &patch);
+                (old, patched)
+            }
+            (Ok(old), PatchBody::Json(ops)) => {
+                let mut patched = old.object.clone();
+                json_patch(&mut patched, &ops)?;
+                (old, patched)
+            }
+            (Ok(_), PatchBody::Apply(_)) => unreachable!("apply to an existing object is handled above"),
+        };
+        check_resource_version(&patched, &old.object)?;
+        self.update(t, old, patched, params, log)
+    }
+
+    fn delete(&mut self, t: &Target, params: &DeleteParams) -> Result<Value, ApiError> {
+        let entry = self.entry(t)?;
+        let current_meta = |field: &str| entry.object["metadata"][field].as_str().unwrap_or_default().to_string();
+        for (field, wanted) in [("uid", &params.uid), ("resourceVersion", &params.resource_version)] {
+            if let Some(wanted) = wanted.as_deref().filter(|w| *w != current_meta(field)) {
+                let message = format!(
+                    "Precondition failed: {field} in precondition: {wanted}, in object: {}",
+                    current_meta(field)
+                );
+                return Err(ApiError::conflict(message));
+            }
+        }
+        if params.orphan {
+            self.orphan_dependents(&current_meta("uid"));
+        }
+        let client = WriteParams { client: params.client.clone(), ..WriteParams::default() };
+        let log = self.record(t, Verb::Delete, None, &client);
+        self.delete_entry(t, entry, log)
+    }
+
     /// A write-log entry for a write to `t`, completed when the write is committed.
-    fn record(&self, t: &Target, verb: Verb, patch: Option<PatchType>, field_manager: Option<String>) -> Write {
+    fn record(&self, t: &Target, verb: Verb, patch: Option<PatchType>, params: &WriteParams) -> Write {
         let info = &self.registry.kinds[t.kind];
         Write {
             verb,
@@ -440,7 +482,8 @@ impl State {
             namespace: info.namespaced.then(|| t.namespace.clone()),
             name: t.name.clone(),
             subresource: t.status.then(|| "status".to_string()),
-            field_manager,
+            field_manager: params.field_manager.clone(),
+            client: params.client.clone(),
             changed: true,
             resource_version: String::new(),
         }
@@ -624,7 +667,7 @@ impl State {
         self.emit(t.kind, &t.namespace, EventType::Deleted, object.clone(), None);
         let uid = object["metadata"]["uid"].as_str().unwrap_or_default().to_string();
         for (dependent, entry) in self.dependents(&uid) {
-            let log = self.record(&dependent, Verb::Delete, None, Some(GARBAGE_COLLECTOR.to_string()));
+            let log = self.record(&dependent, Verb::Delete, None, &garbage_collector());
             // A dependent that cannot be deleted stays, as with a real garbage collector.
             let _ = self.delete_entry(&dependent, entry, log);
         }
@@ -653,7 +696,7 @@ impl State {
             if let Some(refs) = object["metadata"]["ownerReferences"].as_array_mut() {
                 refs.retain(|r| r["uid"] != uid);
             }
-            let log = self.record(&target, Verb::Update, None, Some(GARBAGE_COLLECTOR.to_string()));
+            let log = self.record(&target, Verb::Update, None, &garbage_collector());
             let managers = entry.managers.clone();
             let _ = self.commit(&target, Some(entry), object, managers, log, false);
         }

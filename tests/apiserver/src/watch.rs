@@ -6,6 +6,7 @@ use crate::selector::Selector;
 use crate::store::{Change, EventType, Store, WatchStart};
 use axum::body::{Body, Bytes};
 use serde_json::{Value, json};
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +50,21 @@ pub(crate) struct WatchOptions {
     pub(crate) type_meta: (String, String),
 }
 
+/// What ends a watch early: every watch closing ([`crate::Faults::drop_watches`]), or the
+/// watching client crashing ([`crate::Faults::crash_after_writes`]).
+pub(crate) struct Closers {
+    pub(crate) all: watch::Receiver<u64>,
+    pub(crate) crashed: watch::Receiver<BTreeSet<String>>,
+    pub(crate) client: Option<String>,
+}
+
+impl Closers {
+    /// Whether this watch's client is crashed.
+    fn client_crashed(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| self.crashed.borrow().contains(c))
+    }
+}
+
 fn line(event: &str, object: &Value) -> Bytes {
     let mut text = json!({"type": event, "object": object}).to_string();
     text.push('\n');
@@ -57,12 +73,7 @@ fn line(event: &str, object: &Value) -> Bytes {
 
 /// Starts a watch: the response body streams events until the timeout, a dropped-watch fault,
 /// a 410, or the client going away.
-pub(crate) fn stream(
-    store: Arc<Store>,
-    filter: WatchFilter,
-    options: WatchOptions,
-    mut closer: watch::Receiver<u64>,
-) -> Body {
+pub(crate) fn stream(store: Arc<Store>, filter: WatchFilter, options: WatchOptions, mut closers: Closers) -> Body {
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     tokio::spawn(async move {
         let bookmark = |rv: u64, annotations: Value| {
@@ -96,7 +107,13 @@ pub(crate) fn stream(
         loop {
             let sent = tokio::select! {
                 biased;
-                _ = closer.changed() => return,
+                _ = closers.all.changed() => return,
+                changed = closers.crashed.changed() => {
+                    if changed.is_err() || closers.client_crashed() {
+                        return;
+                    }
+                    Ok(())
+                }
                 _ = &mut deadline => return,
                 _ = ticks.tick(), if options.bookmarks.is_some() => {
                     // Every change up to `rv` is already queued (changes are sent under the store's

@@ -1,7 +1,9 @@
 use crate::{code, config_map};
+use futures_util::StreamExt;
 use hearth_test_apiserver::{FakeApiServer, Fault, Verb};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, PostParams, WatchEvent, WatchParams};
+use kube::core::ApiResource;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -57,4 +59,64 @@ async fn throttling_is_retried_by_the_client_and_delays_hold_requests() {
     let started = Instant::now();
     api.list(&Default::default()).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn a_named_client_crashes_right_after_its_nth_write_until_revived() {
+    let server = FakeApiServer::start().await;
+    let operator: Api<ConfigMap> = Api::namespaced(server.client_named("operator"), "default");
+    let cluster: Api<ConfigMap> = Api::namespaced(server.client_named("cluster"), "default");
+    cluster.create(&PostParams::default(), &config_map("theirs", &[], &[])).await.unwrap();
+    server.faults().crash_after_writes("operator", 2);
+    let mut watch = operator.watch(&WatchParams::default(), "0").await.unwrap().boxed();
+    assert!(matches!(watch.next().await, Some(Ok(WatchEvent::Added(_)))), "the watch is open");
+
+    let crashed = server.faults().crashed("operator");
+    operator.create(&PostParams::default(), &config_map("a", &[], &[])).await.unwrap();
+    assert!(!server.faults().is_crashed("operator"));
+    // The second write is committed and answered; from then on the client is gone.
+    operator.create(&PostParams::default(), &config_map("b", &[], &[])).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), crashed).await.expect("the crash fired");
+    assert_eq!(code(operator.create(&PostParams::default(), &config_map("c", &[], &[])).await), 500);
+    assert_eq!(code(operator.get("a").await), 500, "reads fail too");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("the watch closes") {
+            None | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    cluster.create(&PostParams::default(), &config_map("d", &[], &[])).await.unwrap();
+    assert_eq!(server.faults().writes_from("operator"), 2);
+    let names = |client: &str| -> Vec<String> {
+        server.writes().into_iter().filter(|w| w.client.as_deref() == Some(client)).map(|w| w.name).collect()
+    };
+    assert_eq!(names("operator"), ["a", "b"]);
+    assert_eq!(names("cluster"), ["theirs", "d"]);
+    assert!(server.object(&ApiResource::erase::<ConfigMap>(&()), "default", "c").is_none());
+    assert_eq!(server.faults().fired(), 0);
+
+    server.faults().revive("operator");
+    operator.create(&PostParams::default(), &config_map("c", &[], &[])).await.unwrap();
+    assert_eq!(server.faults().writes_from("operator"), 3);
+}
+
+#[tokio::test]
+async fn client_faults_spare_other_clients_and_are_counted() {
+    let server = FakeApiServer::start().await;
+    let mut config = server.config_named("operator");
+    config.default_retry = false;
+    let operator: Api<ConfigMap> = Api::namespaced(kube::Client::try_from(config).unwrap(), "default");
+    let other: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    server.faults().inject(Fault::delay(Duration::from_millis(200)).then_status(504).from_client("operator").times(1));
+    server.faults().inject(Fault::status(409).on(Verb::Create).from_client("operator").times(1));
+    other.list(&Default::default()).await.unwrap();
+    let started = Instant::now();
+    assert_eq!(code(operator.list(&Default::default()).await), 504);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    other.create(&PostParams::default(), &config_map("a", &[], &[])).await.unwrap();
+    assert_eq!(code(operator.create(&PostParams::default(), &config_map("b", &[], &[])).await), 409);
+    operator.create(&PostParams::default(), &config_map("b", &[], &[])).await.unwrap();
+    assert_eq!(server.faults().fired(), 2);
+    let kinds: Vec<String> = server.faults().fired_by_kind().into_keys().collect();
+    assert_eq!(kinds, ["409", "delay 200ms then 504"]);
 }
