@@ -47,6 +47,9 @@ impl Resource {
     /// typed resource.
     pub fn from_value(doc: Value) -> Result<Self, ValidationError> {
         let kind = validation::validate(&doc)?;
+        // Typed as validated: a null field is an unset one.
+        let doc = validation::without_null_fields(&doc);
+        let name = doc["metadata"]["name"].as_str().unwrap_or("<unnamed>").to_owned();
         let typed = match kind {
             "Model" => serde_json::from_value(doc).map(|r| Self::Model(Box::new(r))),
             "Cascade" => serde_json::from_value(doc).map(|r| Self::Cascade(Box::new(r))),
@@ -56,7 +59,7 @@ impl Resource {
         // The schema admitted it, so a failure here means the schema and the types disagree.
         typed.map_err(|e| ValidationError::Invalid {
             kind: kind.to_owned(),
-            name: String::new(),
+            name,
             errors: vec![validation::FieldError { path: String::new(), message: e.to_string() }],
         })
     }

@@ -105,15 +105,28 @@ pub fn openapi_schema(
 }
 
 /// Rewrites the OpenAPI 3.0 dialect of a structural schema into draft-4 JSON Schema:
-/// `nullable: true` becomes a `null` alternative of the type.
+/// `nullable: true` becomes a `null` alternative of the type, and `x-kubernetes-int-or-string`
+/// (a Quantity, an IntOrString) becomes "an integer or a string", as the API server checks it
+/// (without a type, draft 4 would admit anything there, and the types would refuse it later
+/// with no field named).
 fn to_json_schema(mut schema: Value) -> Value {
     fn walk(v: &mut Value) {
         match v {
             Value::Object(map) => {
-                if map.remove("nullable") == Some(Value::Bool(true))
-                    && let Some(Value::String(t)) = map.get("type").cloned()
-                {
+                let nullable = map.remove("nullable") == Some(Value::Bool(true));
+                if nullable && let Some(Value::String(t)) = map.get("type").cloned() {
                     map.insert("type".into(), Value::Array(vec![Value::String(t), Value::String("null".into())]));
+                }
+                if map.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true))
+                    && !map.contains_key("type")
+                    && !map.contains_key("anyOf")
+                {
+                    let mut types = vec!["integer", "string"];
+                    if nullable {
+                        types.push("null");
+                    }
+                    let alternatives = types.into_iter().map(|t| serde_json::json!({"type": t})).collect();
+                    map.insert("anyOf".into(), Value::Array(alternatives));
                 }
                 map.values_mut().for_each(walk);
             }
@@ -125,9 +138,26 @@ fn to_json_schema(mut schema: Value) -> Value {
     schema
 }
 
+/// The document as the types read it: a field set to `null` is a field not set (optional fields
+/// are `Option`s or have defaults), so the schema and the CEL rules judge what the operator and
+/// `hearth-server up` will see. Without this, `minConfidence: null` passed a rule's `has()` yet
+/// reached the router as no threshold. (The API server prunes such nulls too, for fields that
+/// are not nullable.) Nulls in lists stay, for the schema to refuse.
+pub fn without_null_fields(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), without_null_fields(v))).collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_null_fields).collect()),
+        other => other.clone(),
+    }
+}
+
 /// Checks a document (already parsed from YAML or JSON) against the schema and CEL rules
-/// of its kind. On success returns the kind.
+/// of its kind, with null fields read as unset ([`without_null_fields`]). On success returns
+/// the kind.
 pub fn validate(doc: &Value) -> Result<&'static str, ValidationError> {
+    let doc = &without_null_fields(doc);
     let object = doc.as_object().ok_or_else(|| ValidationError::NotAnObject(type_name(doc)))?;
     match object.get("apiVersion") {
         Some(Value::String(v)) if v == crate::API_VERSION => {}
@@ -244,7 +274,7 @@ fn names(properties: &Map<String, Value>) -> String {
 pub fn cel_errors(doc: &Value) -> Vec<FieldError> {
     let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
     let Some(schema) = schemas().get(kind) else { return Vec::new() };
-    match kube_cel::validate_compiled(&schema.cel, doc, None) {
+    match kube_cel::validate_compiled(&schema.cel, &without_null_fields(doc), None) {
         Ok(()) => Vec::new(),
         Err(errors) => errors
             .iter()
@@ -304,5 +334,18 @@ mod tests {
     fn nullable_becomes_a_null_alternative() {
         let s = to_json_schema(serde_json::json!({"properties": {"a": {"type": "string", "nullable": true}}}));
         assert_eq!(s["properties"]["a"]["type"], serde_json::json!(["string", "null"]));
+    }
+
+    #[test]
+    fn int_or_string_becomes_an_integer_or_a_string() {
+        let s = to_json_schema(serde_json::json!({"additionalProperties": {"x-kubernetes-int-or-string": true}}));
+        let expected = serde_json::json!([{"type": "integer"}, {"type": "string"}]);
+        assert_eq!(s["additionalProperties"]["anyOf"], expected);
+    }
+
+    #[test]
+    fn null_fields_are_unset_but_nulls_in_lists_stay() {
+        let doc = serde_json::json!({"a": null, "b": {"c": null, "d": 1}, "e": [null, {"f": null}]});
+        assert_eq!(without_null_fields(&doc), serde_json::json!({"b": {"d": 1}, "e": [null, {}]}));
     }
 }
