@@ -100,6 +100,12 @@ impl ChatFormat {
         }
     }
 
+    /// Whether the format has a turn for system messages (Gemma and Mistral have none: their
+    /// system text goes into the first user turn).
+    fn has_system_role(self) -> bool {
+        matches!(self, Self::ChatMl | Self::Llama3)
+    }
+
     fn default_special_tokens(self) -> (&'static str, &'static str) {
         match self {
             Self::Gemma => ("<bos>", "<eos>"),
@@ -110,18 +116,12 @@ impl ChatFormat {
     }
 }
 
-// The built-in templates emit no BOS: the tokenizer adds it when the model wants it.
+// The built-in templates emit no BOS: the tokenizer adds it when the model wants it. Gemma and
+// Mistral never see a system message: `render` folds them into the first user turn.
 const GEMMA_TEMPLATE: &str = r#"
-{%- if messages and messages[0]['role'] == 'system' -%}
-  {%- set first_user_prefix = messages[0]['content'] ~ '\n\n' -%}
-  {%- set loop_messages = messages[1:] -%}
-{%- else -%}
-  {%- set first_user_prefix = '' -%}
-  {%- set loop_messages = messages -%}
-{%- endif -%}
-{%- for message in loop_messages -%}
+{%- for message in messages -%}
   {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
-  {{- '<start_of_turn>' ~ role ~ '\n' ~ (first_user_prefix if loop.first else '') ~ (message['content'] | trim) ~ '<end_of_turn>\n' -}}
+  {{- '<start_of_turn>' ~ role ~ '\n' ~ (message['content'] | trim) ~ '<end_of_turn>\n' -}}
 {%- endfor -%}
 {%- if add_generation_prompt -%}{{- '<start_of_turn>model\n' -}}{%- endif -%}
 "#;
@@ -141,16 +141,9 @@ const LLAMA3_TEMPLATE: &str = r#"
 "#;
 
 const MISTRAL_TEMPLATE: &str = r#"
-{%- if messages and messages[0]['role'] == 'system' -%}
-  {%- set system_prefix = messages[0]['content'] ~ '\n\n' -%}
-  {%- set loop_messages = messages[1:] -%}
-{%- else -%}
-  {%- set system_prefix = '' -%}
-  {%- set loop_messages = messages -%}
-{%- endif -%}
-{%- for message in loop_messages -%}
+{%- for message in messages -%}
   {%- if message['role'] == 'user' -%}
-    {{- '[INST] ' ~ (system_prefix if loop.first else '') ~ message['content'] ~ ' [/INST]' -}}
+    {{- '[INST] ' ~ message['content'] ~ ' [/INST]' -}}
   {%- elif message['role'] == 'assistant' -%}
     {{- message['content'] ~ eos_token -}}
   {%- endif -%}
@@ -282,12 +275,16 @@ impl ChatTemplate {
         self.fallback
     }
 
-    /// Renders messages (roles system/user/assistant; a system message is folded into the first user
-    /// turn for templates that have no system role, e.g. gemma) with add_generation_prompt.
+    /// Renders messages (roles system/user/assistant; for the built-in formats that have no system
+    /// role, Gemma and Mistral, every system message is folded into the first user turn, wherever
+    /// it stands) with add_generation_prompt.
     ///
     /// A template that rejects system messages (`raise_exception`) is retried once with the system
     /// text folded into the first user turn; if it still fails, its first error is returned.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TemplateError> {
+        if self.fallback.is_some_and(|f| !f.has_system_role()) && messages.iter().any(|m| m.role == "system") {
+            return self.render_raw(&fold_system(messages), add_generation_prompt);
+        }
         match self.render_raw(messages, add_generation_prompt) {
             Ok(prompt) => Ok(prompt),
             Err(first) => {
