@@ -73,7 +73,10 @@ fn main() {
     let threads = rayon::current_num_threads();
     let isa = Isa::detect();
     println!("hearth-kernels matmul vs candle 0.11 QMatMul; {threads} thread(s); Hearth path: {}", isa.name());
-    println!("{:<32} {:>5} {:>5} {:>11} {:>11} {:>9} {:>9} {:>7}  candle on the re-encoded type ms (ratio)", "case", "type", "m", "hearth ms", "candle ms", "hearth GB/s", "candle GB/s", "ratio");
+    println!(
+        "{:<32} {:>5} {:>5} {:>11} {:>11} {:>9} {:>9} {:>7}  candle on the re-encoded type ms (ratio)",
+        "case", "type", "m", "hearth ms", "candle ms", "hearth GB/s", "candle GB/s", "ratio"
+    );
     let mut rng = StdRng::seed_from_u64(1);
     for (name, ty, rows, cols) in cases {
         if only.as_deref().is_some_and(|o| o != ty.name()) {

@@ -126,7 +126,9 @@ fn quantize_row_32(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i16
 }
 
 fn quantize_row_256(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i16]) {
-    for (((x, qs), scale), sums) in x.chunks_exact(256).zip(qs.chunks_exact_mut(256)).zip(scales).zip(sums.chunks_exact_mut(16)) {
+    for (((x, qs), scale), sums) in
+        x.chunks_exact(256).zip(qs.chunks_exact_mut(256)).zip(scales).zip(sums.chunks_exact_mut(16))
+    {
         let (mut max, mut amax) = (0.0f32, 0.0f32);
         for &v in x {
             if v.abs() > amax {

@@ -162,7 +162,11 @@ pub struct QuantizedMatrix {
 
 impl std::fmt::Debug for QuantizedMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QuantizedMatrix").field("ty", &self.ty).field("rows", &self.rows).field("cols", &self.cols).finish()
+        f.debug_struct("QuantizedMatrix")
+            .field("ty", &self.ty)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish()
     }
 }
 
@@ -237,7 +241,14 @@ impl QuantizedMatrix {
     }
 
     /// [`matmul`](Self::matmul) with the tasks on `par` and a chosen instruction set.
-    pub fn matmul_on(&self, par: &dyn Parallel, isa: Isa, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), KernelError> {
+    pub fn matmul_on(
+        &self,
+        par: &dyn Parallel,
+        isa: Isa,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
         if x.len() != m * self.cols {
             return Err(KernelError::Shape { what: "matmul input", expected: m * self.cols, found: x.len() });
         }
@@ -255,10 +266,18 @@ impl QuantizedMatrix {
     /// `out = acts · Wᵀ` for activations quantized already (`acts.k() == cols`).
     pub fn matmul_quantized(&self, isa: Isa, acts: &QuantizedActivations, out: &mut [f32]) -> Result<(), KernelError> {
         if acts.k() != self.cols || acts.blocks() != self.ty.activation_blocks() {
-            return Err(KernelError::Shape { what: "quantized activations (columns)", expected: self.cols, found: acts.k() });
+            return Err(KernelError::Shape {
+                what: "quantized activations (columns)",
+                expected: self.cols,
+                found: acts.k(),
+            });
         }
         if out.len() != acts.rows() * self.rows {
-            return Err(KernelError::Shape { what: "matmul output", expected: acts.rows() * self.rows, found: out.len() });
+            return Err(KernelError::Shape {
+                what: "matmul output",
+                expected: acts.rows() * self.rows,
+                found: out.len(),
+            });
         }
         self.multiply(&Rayon, isa, acts, out);
         Ok(())

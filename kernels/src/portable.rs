@@ -46,7 +46,8 @@ pub(crate) fn dot<const R: usize>(ty: WeightType, w: &[u8], rows: &[Row<'_>; R])
                         let (sc, m) = q4k_scale_min(j, scales);
                         let part: i32 = (32 * j..32 * j + 32).map(|i| quants[i] * i32::from(a[i])).sum();
                         sum += i32::from(sc) * part;
-                        mins += i32::from(m) * (i32::from(row.sums[16 * b + 2 * j]) + i32::from(row.sums[16 * b + 2 * j + 1]));
+                        mins += i32::from(m)
+                            * (i32::from(row.sums[16 * b + 2 * j]) + i32::from(row.sums[16 * b + 2 * j + 1]));
                     }
                     let ad = row.scales[b];
                     *o += d * ad * sum as f32 - dmin * ad * mins as f32;

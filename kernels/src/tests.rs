@@ -158,7 +158,8 @@ fn the_simd_path_agrees_with_the_portable_path_on_extreme_quants() {
             }
             for value in [127.0f32, -127.0] {
                 let acts = QuantizedActivations::quantize(&vec![value; cols], 1, cols, ty.activation_blocks());
-                let (simd, portable) = (isa.dot(ty, &w, &[acts.row(0)])[0], Isa::portable().dot(ty, &w, &[acts.row(0)])[0]);
+                let (simd, portable) =
+                    (isa.dot(ty, &w, &[acts.row(0)])[0], Isa::portable().dot(ty, &w, &[acts.row(0)])[0]);
                 let (exact, magnitude) = reference_dot(ty, &w, &acts, 0);
                 for got in [simd, portable] {
                     assert!(
@@ -257,8 +258,11 @@ impl Parallel for Backwards {
 #[test]
 fn matmul_on_another_pool_gives_the_same_result() {
     let mut rng = StdRng::seed_from_u64(9);
-    for (ty, rows, cols, m) in [(WeightType::Q8_0, 300, 256, 1), (WeightType::Q4K, 40, 512, 7), (WeightType::Q5_0, 70, 640, 1)] {
-        let matrix = QuantizedMatrix::new(ty, rows, cols, random_blocks(ty, rows * cols / ty.block_values(), &mut rng)).unwrap();
+    for (ty, rows, cols, m) in
+        [(WeightType::Q8_0, 300, 256, 1), (WeightType::Q4K, 40, 512, 7), (WeightType::Q5_0, 70, 640, 1)]
+    {
+        let matrix =
+            QuantizedMatrix::new(ty, rows, cols, random_blocks(ty, rows * cols / ty.block_values(), &mut rng)).unwrap();
         let x = random_activations(m * cols, &mut rng);
         let (mut on_rayon, mut on_pool) = (vec![0.0; m * rows], vec![f32::NAN; m * rows]);
         matrix.matmul(&x, m, &mut on_rayon).unwrap();
@@ -272,8 +276,14 @@ fn matmul_on_another_pool_gives_the_same_result() {
 #[test]
 fn every_batch_size_gives_each_row_what_it_gets_alone() {
     let mut rng = StdRng::seed_from_u64(11);
-    for (ty, rows, cols) in [(WeightType::Q4_1, 53, 576), (WeightType::Q8_0, 53, 576), (WeightType::Q5_0, 21, 640), (WeightType::Q4K, 19, 512)] {
-        let matrix = QuantizedMatrix::new(ty, rows, cols, random_blocks(ty, rows * cols / ty.block_values(), &mut rng)).unwrap();
+    for (ty, rows, cols) in [
+        (WeightType::Q4_1, 53, 576),
+        (WeightType::Q8_0, 53, 576),
+        (WeightType::Q5_0, 21, 640),
+        (WeightType::Q4K, 19, 512),
+    ] {
+        let matrix =
+            QuantizedMatrix::new(ty, rows, cols, random_blocks(ty, rows * cols / ty.block_values(), &mut rng)).unwrap();
         for m in 1..=70 {
             let x = random_activations(m * cols, &mut rng);
             let mut batched = vec![f32::NAN; m * rows];

@@ -14,7 +14,7 @@
 use std::arch::x86_64::*;
 
 use crate::activations::Row;
-use crate::blocks::{WeightType, q4k_scale_min};
+use crate::blocks::WeightType;
 
 /// Whether this CPU has what the functions here need.
 pub(crate) fn available() -> bool {
@@ -147,90 +147,125 @@ fn q32_unsigned<const R: usize>(ty: WeightType, w: &[u8], rows: &[Row<'_>; R]) -
     out
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4k<const R: usize>(w: &[u8], rows: &[Row<'_>; R]) -> [f32; R] {
-    let low = _mm256_set1_epi8(0x0F);
-    let mut acc = [_mm256_setzero_ps(); R];
-    let mut mins = [0.0f32; R];
-    for (b, block) in w.chunks_exact(144).enumerate() {
-        let (d, dmin) = (f16(block, 0), f16(block, 2));
-        let mut scales = [_mm256_setzero_si256(); 8];
-        let mut min_of = [0i32; 8];
-        for (j, (scale, min)) in scales.iter_mut().zip(min_of.iter_mut()).enumerate() {
-            let (sc, m) = q4k_scale_min(j, &block[4..16]);
-            *scale = _mm256_set1_epi16(i16::from(sc));
-            *min = i32::from(m);
-        }
-        let mut q = [_mm256_setzero_si256(); 8];
-        for chunk in 0..4 {
-            let bytes = load32(block, 16 + 32 * chunk);
-            q[2 * chunk] = _mm256_and_si256(bytes, low);
-            q[2 * chunk + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low);
-        }
-        for ((acc, mins), row) in acc.iter_mut().zip(mins.iter_mut()).zip(rows) {
-            let mut sum = _mm256_setzero_si256();
-            for j in 0..8 {
-                let a = load32i(row.qs, 256 * b + 32 * j);
-                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], a), scales[j]));
-            }
-            let sums = &row.sums[16 * b..16 * b + 16];
-            let mut m = 0i32;
-            for (j, &min) in min_of.iter().enumerate() {
-                m += min * (i32::from(sums[2 * j]) + i32::from(sums[2 * j + 1]));
-            }
-            let ad = row.scales[b];
-            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * ad), _mm256_cvtepi32_ps(sum), *acc);
-            *mins += dmin * ad * m as f32;
-        }
-    }
-    let mut out = [0.0; R];
-    for ((o, acc), mins) in out.iter_mut().zip(acc).zip(mins) {
-        *o = hsum(acc) - mins;
+/// The 8 six-bit scales (bytes 0..8) and 8 mins (bytes 8..16) of a `Q4_K` block's 12 packed
+/// scale bytes, unpacked with four 32-bit operations per half instead of one lookup per
+/// sub-block (the same bits as [`crate::blocks::q4k_scale_min`]).
+#[inline]
+fn q4k_scales_and_mins(packed: &[u8]) -> [u8; 16] {
+    let word = |at: usize| u32::from_le_bytes([packed[at], packed[at + 1], packed[at + 2], packed[at + 3]]);
+    let (a, b, c) = (word(0), word(4), word(8));
+    let scales_low = a & 0x3f3f_3f3f;
+    let mins_low = b & 0x3f3f_3f3f;
+    let scales_high = (c & 0x0f0f_0f0f) | (((a >> 6) & 0x0303_0303) << 4);
+    let mins_high = ((c >> 4) & 0x0f0f_0f0f) | (((b >> 6) & 0x0303_0303) << 4);
+    let mut out = [0u8; 16];
+    for (chunk, word) in out.chunks_exact_mut(4).zip([scales_low, scales_high, mins_low, mins_high]) {
+        chunk.copy_from_slice(&word.to_le_bytes());
     }
     out
 }
 
+/// `Q4_K`: per block, the sub-block loop is outside the activation-row loop, so only one
+/// sub-block's quants and scale are live at a time (no register spills at `R = 4`), each
+/// row's integer sum stays in a register, and the mins term is one vector multiply-add
+/// against the activation sums.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4k<const R: usize>(w: &[u8], rows: &[Row<'_>; R]) -> [f32; R] {
+    let low = _mm256_set1_epi8(0x0F);
+    // Byte k of the result is byte k / 2 of the input: each min paired with itself, matching
+    // the two 16-value activation sums of its 32-value sub-block.
+    let pair_up = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (b, block) in w.chunks_exact(144).enumerate() {
+        let (d, dmin) = (f16(block, 0), f16(block, 2));
+        let unpacked = q4k_scales_and_mins(&block[4..16]);
+        let scales_and_mins = load16(&unpacked, 0);
+        let mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scales_and_mins, pair_up));
+        let quants = &block[16..144];
+        let mut sums = [_mm256_setzero_si256(); R];
+        for j in 0..8 {
+            let bytes = load32(quants, 32 * (j / 2));
+            let q = if j % 2 == 0 {
+                _mm256_and_si256(bytes, low)
+            } else {
+                _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low)
+            };
+            let scale = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scales_and_mins, _mm_set1_epi8(j as i8)));
+            for (sum, row) in sums.iter_mut().zip(rows) {
+                let a = load32i(row.qs, 256 * b + 32 * j);
+                *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), scale));
+            }
+        }
+        for ((acc, sum), row) in acc.iter_mut().zip(sums).zip(rows) {
+            let ad = row.scales[b];
+            let activation_sums = load16x16(row.sums, 16 * b);
+            let min_term = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, activation_sums));
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * ad), _mm256_cvtepi32_ps(sum), *acc);
+            *acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * ad), min_term, *acc);
+        }
+    }
+    let mut out = [0.0; R];
+    for (o, acc) in out.iter_mut().zip(acc) {
+        *o = hsum(acc);
+    }
+    out
+}
+
+/// 16 `i16` from `values[at..at + 16]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load16x16(values: &[i16], at: usize) -> __m256i {
+    let chunk = &values[at..at + 16];
+    // SAFETY: `chunk` is 16 readable i16 (32 bytes); the load is unaligned.
+    unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) }
+}
+
+/// `Q6_K`: like [`q4k`], sub-block vectors outside the row loop. The `-32` offset is folded
+/// into each row's integer sum (`32 * Σ scale * activation sum`, one `madd`), so a block
+/// costs each row one float multiply-add.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6k<const R: usize>(w: &[u8], rows: &[Row<'_>; R]) -> [f32; R] {
     let low = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); R];
-    let mut offsets = [0.0f32; R];
     for (b, block) in w.chunks_exact(210).enumerate() {
         let d = f16(block, 208);
-        let sc: [i8; 16] = std::array::from_fn(|g| block[192 + g] as i8);
-        // Vector v holds weights 32v..32v + 32 (as 6-bit quants, offset 32 not yet removed).
-        let mut q = [_mm256_setzero_si256(); 8];
-        for half in 0..2 {
-            let ql0 = load32(block, 64 * half);
-            let ql1 = load32(block, 64 * half + 32);
+        let scale_bytes = load16(block, 192);
+        let all_scales = _mm256_cvtepi8_epi16(scale_bytes);
+        let mut sums = [_mm256_setzero_si256(); R];
+        for (sum, row) in sums.iter_mut().zip(rows) {
+            let offset = _mm256_madd_epi16(all_scales, load16x16(row.sums, 16 * b));
+            *sum = _mm256_sub_epi32(*sum, _mm256_slli_epi32::<5>(offset));
+        }
+        // Vector v holds weights 32v..32v + 32 as 6-bit quants (offset 32 not removed); its low
+        // 16 take scale 2v, its high 16 scale 2v + 1.
+        for v in 0..8 {
+            let (half, quarter) = (v / 4, v % 4);
+            let ql = load32(block, 64 * half + 32 * (quarter % 2));
             let qh = load32(block, 128 + 32 * half);
-            let (h0, h1) = (_mm256_and_si256(qh, _mm256_set1_epi8(0x03)), _mm256_and_si256(qh, _mm256_set1_epi8(0x0C)));
-            let (h2, h3) = (_mm256_and_si256(qh, _mm256_set1_epi8(0x30)), _mm256_and_si256(qh, _mm256_set1_epi8(-64)));
-            q[4 * half] = _mm256_or_si256(_mm256_and_si256(ql0, low), _mm256_slli_epi16::<4>(h0));
-            q[4 * half + 1] = _mm256_or_si256(_mm256_and_si256(ql1, low), _mm256_slli_epi16::<2>(h1));
-            q[4 * half + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low), h2);
-            q[4 * half + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low), _mm256_srli_epi16::<2>(h3));
-        }
-        let mut scales = [_mm256_setzero_si256(); 8];
-        for (v, scale) in scales.iter_mut().enumerate() {
-            *scale = _mm256_set_m128i(_mm_set1_epi16(i16::from(sc[2 * v + 1])), _mm_set1_epi16(i16::from(sc[2 * v])));
-        }
-        for ((acc, offsets), row) in acc.iter_mut().zip(offsets.iter_mut()).zip(rows) {
-            let mut sum = _mm256_setzero_si256();
-            for (v, (&q, &scale)) in q.iter().zip(&scales).enumerate() {
+            let low_bits =
+                if quarter < 2 { _mm256_and_si256(ql, low) } else { _mm256_and_si256(_mm256_srli_epi16::<4>(ql), low) };
+            let high_bits = match quarter {
+                0 => _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(0x03))),
+                1 => _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C))),
+                2 => _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+                _ => _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(-64))),
+            };
+            let q = _mm256_or_si256(low_bits, high_bits);
+            let pick = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+            let pair = _mm_add_epi8(pick, _mm_set1_epi8(2 * v as i8));
+            let scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scale_bytes, pair));
+            for (sum, row) in sums.iter_mut().zip(rows) {
                 let a = load32i(row.qs, 256 * b + 32 * v);
-                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), scale));
+                *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), scale));
             }
-            let sums = &row.sums[16 * b..16 * b + 16];
-            let offset: i32 = sc.iter().zip(sums).map(|(&s, &a)| i32::from(s) * i32::from(a)).sum();
-            let dd = d * row.scales[b];
-            *acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(sum), *acc);
-            *offsets += 32.0 * dd * offset as f32;
+        }
+        for ((acc, sum), row) in acc.iter_mut().zip(sums).zip(rows) {
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * row.scales[b]), _mm256_cvtepi32_ps(sum), *acc);
         }
     }
     let mut out = [0.0; R];
-    for ((o, acc), offsets) in out.iter_mut().zip(acc).zip(offsets) {
-        *o = hsum(acc) - offsets;
+    for (o, acc) in out.iter_mut().zip(acc) {
+        *o = hsum(acc);
     }
     out
 }
