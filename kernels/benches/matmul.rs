@@ -64,6 +64,7 @@ fn main() {
     let cases = [
         ("gemma3 output (tied embedding)", WeightType::Q8_0, 262_144, 640),
         ("gemma3 ffn_gate/up", WeightType::Q5_0, 2048, 640),
+        ("gemma3 ffn_gate/up widened to Q8_0", WeightType::Q8_0, 2048, 640),
         ("gemma3 attn_output", WeightType::Q4K, 640, 1024),
         ("gemma3 ffn_down", WeightType::Q6K, 640, 2048),
         ("smollm2 ffn_gate/up", WeightType::Q4_1, 1536, 576),
@@ -99,6 +100,8 @@ fn main() {
             let storage = QStorage::from_data(Cow::Owned(data), &Device::Cpu, dtype).unwrap();
             (dtype, QMatMul::from_qtensor(QTensor::new(storage, (rows, cols)).unwrap()).unwrap())
         });
+        let tiled = (ty == WeightType::Q8_0 && QuantizedMatrix::tiles_accelerated())
+            .then(|| ours.clone().into_tiled().unwrap());
         for m in [1usize, 8, 256] {
             if quick && m == 256 && rows > 100_000 {
                 continue;
@@ -110,6 +113,14 @@ fn main() {
             let t_theirs = time(budget, || {
                 theirs.forward(&input).unwrap();
             });
+            // The 16-row tiled Q8_0 layout (AVX-512 VNNI), where the shape allows it.
+            let tiled_text = match &tiled {
+                Some(tiled) => {
+                    let t = time(budget, || tiled.matmul_with(isa, &x, m, &mut out).unwrap());
+                    format!("  tiled {:.3} ms ({:.2}x hearth, {:.2}x candle)", t * 1e3, t_ours / t, t_theirs / t)
+                }
+                None => String::new(),
+            };
             let reencoded_text = match &reencoded {
                 Some((dtype, peer)) => {
                     let t = time(budget, || {
@@ -120,7 +131,7 @@ fn main() {
                 None => String::from("-"),
             };
             println!(
-                "{:<32} {:>5} {:>5} {:>11.3} {:>11.3} {:>9.1} {:>9.1} {:>6.2}x  {}",
+                "{:<32} {:>5} {:>5} {:>11.3} {:>11.3} {:>9.1} {:>9.1} {:>6.2}x  {}{}",
                 name,
                 ty.name(),
                 m,
@@ -129,7 +140,8 @@ fn main() {
                 bytes / t_ours / 1e9,
                 bytes / t_theirs / 1e9,
                 t_theirs / t_ours,
-                reencoded_text
+                reencoded_text,
+                tiled_text
             );
         }
     }

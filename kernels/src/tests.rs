@@ -296,3 +296,42 @@ fn every_batch_size_gives_each_row_what_it_gets_alone() {
         }
     }
 }
+
+#[test]
+fn tiled_q8_0_gives_what_the_row_kernels_give() {
+    eprintln!("tiled kernel accelerated (AVX-512 VNNI): {}", QuantizedMatrix::tiles_accelerated());
+    let mut rng = StdRng::seed_from_u64(21);
+    let (rows, cols) = (48, 640);
+    let w = random_blocks(WeightType::Q8_0, rows * cols / 32, &mut rng);
+    let matrix = QuantizedMatrix::new(WeightType::Q8_0, rows, cols, w).unwrap();
+    let tiled = matrix.clone().into_tiled().unwrap();
+    assert!(tiled.is_tiled() && !matrix.is_tiled());
+    for m in [1, 3, 4, 9] {
+        let x = random_activations(m * cols, &mut rng);
+        let mut expected = vec![0.0f32; m * rows];
+        matrix.matmul_with(Isa::portable(), &x, m, &mut expected).unwrap();
+        // The detected path (VNNI where the CPU has it) and the scalar loop over the tiles.
+        for isa in [Isa::detect(), Isa::portable()] {
+            let mut got = vec![0.0f32; m * rows];
+            tiled.matmul_with(isa, &x, m, &mut got).unwrap();
+            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                assert!(
+                    (g - e).abs() <= 1e-4 * e.abs().max(1.0),
+                    "m = {m}, {}, output {i}: tiled {g}, rows {e}",
+                    isa.name()
+                );
+            }
+        }
+    }
+    let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
+    for row in [0, 17, 47] {
+        matrix.dequantize_row(row, &mut a).unwrap();
+        tiled.dequantize_row(row, &mut b).unwrap();
+        assert_eq!(a, b, "row {row}");
+    }
+    let odd = QuantizedMatrix::new(WeightType::Q8_0, 17, 64, vec![0; 17 * 2 * 34]).unwrap();
+    assert_eq!(odd.clone().into_tiled().unwrap_err().to_string(), "tiles need a multiple of 16 rows");
+    assert!(!odd.into_fastest().is_tiled());
+    let q4 = QuantizedMatrix::new(WeightType::Q4_0, 16, 32, vec![0; 16 * 18]).unwrap();
+    assert_eq!(q4.into_tiled().unwrap_err().to_string(), "only Q8_0 matrices are tiled");
+}

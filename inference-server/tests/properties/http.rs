@@ -150,7 +150,7 @@ impl Route {
             ],
             Self::Completion => &[
                 ("model", Str),
-                ("prompt", PromptKind),
+                ("prompt", Prompt),
                 ("logprobs", Int),
                 ("echo", Bool),
                 ("max_tokens", Int),
@@ -180,7 +180,7 @@ enum Kind {
     Object,
     Stop,
     Messages,
-    PromptKind,
+    Prompt,
     Input,
 }
 
@@ -211,7 +211,7 @@ fn wrong_value(kind: Kind) -> BoxedStrategy<Value> {
             Just(json!([{"role": "user", "content": [{"text": "no type"}]}])),
         ]
         .boxed(),
-        Kind::PromptKind => {
+        Kind::Prompt => {
             prop_oneof![int, boolean, object, Just(json!([1, "two"])), Just(json!([-1])), Just(json!([[1]]))].boxed()
         }
     }

@@ -414,7 +414,8 @@ impl<R: Read + Seek> Loader<'_, R> {
         let data = if widen { transcode::q5_0_to_q8_0(&weight.data()?)? } else { weight.data()?.into_owned() };
         let matrix = QuantizedMatrix::new(ty, rows, cols, data)
             .map_err(|e| ModelError::Kernel(e.to_string()))?;
-        Ok(Some(matrix))
+        // Q8_0 in 16-row tiles where the CPU has AVX-512 VNNI (2-4x faster; same bytes).
+        Ok(Some(matrix.into_fastest()))
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<Tensor, ModelError> {
