@@ -506,7 +506,10 @@ async fn real_gemma3_and_smollm2_stages() {
     body["model"] = json!("casc");
     let (status, headers, answer) = router.chat(body.clone()).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(headers["x-hearth-cascade-stage"], "smollm", "no open-ended 8-token answer has every token at p > 0.999999");
+    assert_eq!(
+        headers["x-hearth-cascade-stage"], "smollm",
+        "no open-ended 8-token answer has every token at p > 0.999999"
+    );
     let gemma_confidence = answer["hearth"]["attempts"][0]["confidence"].as_f64().unwrap();
     assert!(gemma_confidence > 0.0 && gemma_confidence < strict, "{answer}");
     // The answer is exactly what smollm gives when asked directly.

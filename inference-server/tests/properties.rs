@@ -33,7 +33,11 @@ pub fn config(cases: u32) -> Config {
     let from_env = Config::default();
     Config {
         cases: if std::env::var_os("PROPTEST_CASES").is_some() { from_env.cases } else { cases },
-        rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() { from_env.rng_seed } else { RngSeed::Fixed(SEED) },
+        rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+            from_env.rng_seed
+        } else {
+            RngSeed::Fixed(SEED)
+        },
         failure_persistence: None,
         ..from_env
     }

@@ -185,14 +185,19 @@ const TILE_BYTES: usize = 96 * 1024;
 impl QuantizedMatrix {
     /// Wraps `data`: `rows` rows of `cols / block_values` blocks each.
     pub fn new(ty: WeightType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, KernelError> {
+        Self::check(ty, rows, cols, data.len())?;
+        Ok(Self { ty, rows, cols, data, tiled: None })
+    }
+
+    fn check(ty: WeightType, rows: usize, cols: usize, bytes: usize) -> Result<(), KernelError> {
         if cols == 0 || !cols.is_multiple_of(ty.block_values()) {
             return Err(KernelError::Columns { ty: ty.name(), block: ty.block_values(), cols });
         }
         let expected = rows * cols / ty.block_values() * ty.block_bytes();
-        if data.len() != expected {
-            return Err(KernelError::Size { ty: ty.name(), rows, cols, expected, found: data.len() });
+        if bytes != expected {
+            return Err(KernelError::Size { ty: ty.name(), rows, cols, expected, found: bytes });
         }
-        Ok(Self { ty, rows, cols, data, tiled: None })
+        Ok(())
     }
 
     /// The same matrix in 16-row tiles (Q8_0 only, rows a multiple of 16), whatever the CPU:
@@ -212,7 +217,7 @@ impl QuantizedMatrix {
         if self.tiled.is_some() {
             return self;
         }
-        let tiled = tiles::TiledQ8::from_matrix(&self);
+        let tiled = tiles::TiledQ8::from_blocks(self.rows, self.cols, &self.data);
         Self { data: Vec::new(), tiled: Some(tiled), ..self }
     }
 
@@ -221,6 +226,18 @@ impl QuantizedMatrix {
     pub fn into_fastest(self) -> Self {
         let can_tile = self.ty == WeightType::Q8_0 && self.rows.is_multiple_of(tiles::TILE_ROWS);
         if can_tile && tiles::TiledQ8::accelerated() { self.tile() } else { self }
+    }
+
+    /// [`new`](Self::new) then [`into_fastest`](Self::into_fastest), reading borrowed blocks: a
+    /// matrix that gets tiles is built from `data` directly, without a copy of the blocks.
+    pub fn new_fastest(ty: WeightType, rows: usize, cols: usize, data: &[u8]) -> Result<Self, KernelError> {
+        let can_tile = ty == WeightType::Q8_0 && rows.is_multiple_of(tiles::TILE_ROWS) && tiles::TiledQ8::accelerated();
+        if !can_tile {
+            return Ok(Self::new(ty, rows, cols, data.to_vec())?.into_fastest());
+        }
+        Self::check(ty, rows, cols, data.len())?;
+        let tiled = tiles::TiledQ8::from_blocks(rows, cols, data);
+        Ok(Self { ty, rows, cols, data: Vec::new(), tiled: Some(tiled) })
     }
 
     /// Whether this CPU multiplies tiled matrices with AVX-512 VNNI.

@@ -13,8 +13,8 @@
 //! AVX-512 VNNI; elsewhere a scalar loop over the same layout keeps it correct (and testable).
 
 use crate::activations::{QuantizedActivations, Row};
-use crate::blocks::{WeightType, f16_at};
-use crate::{Parallel, QuantizedMatrix, for_each_part};
+use crate::blocks::f16_at;
+use crate::{Parallel, for_each_part};
 
 /// Rows per tile.
 pub(crate) const TILE_ROWS: usize = 16;
@@ -31,17 +31,16 @@ pub(crate) struct TiledQ8 {
 }
 
 impl TiledQ8 {
-    /// Re-lays out a Q8_0 matrix whose row count is a multiple of 16.
-    /// Re-lays out a Q8_0 matrix whose row count is a multiple of 16 (the caller checks).
-    pub(crate) fn from_matrix(matrix: &QuantizedMatrix) -> Self {
-        debug_assert!(matrix.weight_type() == WeightType::Q8_0 && matrix.rows().is_multiple_of(TILE_ROWS));
-        let (rows, cols) = (matrix.rows(), matrix.cols());
+    /// Re-lays out a Q8_0 matrix (`rows` a multiple of 16, `data` its GGUF blocks row after
+    /// row; the caller checks both).
+    pub(crate) fn from_blocks(rows: usize, cols: usize, data: &[u8]) -> Self {
+        debug_assert!(rows.is_multiple_of(TILE_ROWS) && data.len() == rows * cols / 32 * 34);
         let blocks = cols / 32;
         let mut scales = vec![0.0f32; rows * blocks];
         let mut quants = vec![0u8; rows * cols];
         for row in 0..rows {
             let (t, r) = (row / TILE_ROWS, row % TILE_ROWS);
-            for (b, block) in matrix.row(row).chunks_exact(34).enumerate() {
+            for (b, block) in data[row * cols / 32 * 34..(row + 1) * cols / 32 * 34].chunks_exact(34).enumerate() {
                 scales[(t * blocks + b) * TILE_ROWS + r] = f16_at(block, 0);
                 for (i, &q) in block[2..].iter().enumerate() {
                     let (g, j) = (i / 4, i % 4);

@@ -113,7 +113,9 @@ impl Schedule {
             "@weekly" => "0 0 * * 0",
             "@daily" | "@midnight" => "0 0 * * *",
             "@hourly" => "0 * * * *",
-            other if other.starts_with('@') => return Err(format!("`{other}` is not a known macro (@yearly, @monthly, @weekly, @daily, @hourly)")),
+            other if other.starts_with('@') => {
+                return Err(format!("`{other}` is not a known macro (@yearly, @monthly, @weekly, @daily, @hourly)"));
+            }
             other => other,
         };
         let fields: Vec<&str> = text.split_whitespace().collect();

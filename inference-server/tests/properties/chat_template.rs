@@ -24,7 +24,9 @@ fn gguf(file: &str) -> Content {
 #[derive(Clone, Copy, Debug)]
 enum Layout {
     /// ChatML; SmolLM2's own template adds a default system turn when there is none.
-    ChatMl { default_system: Option<&'static str> },
+    ChatMl {
+        default_system: Option<&'static str>,
+    },
     Gemma,
     Llama3,
     Mistral,
@@ -56,7 +58,8 @@ fn fold_system(messages: &[ChatMessage]) -> Vec<ChatMessage> {
     if !messages.iter().any(|m| m.role == "system") {
         return messages.to_vec();
     }
-    let prefix = messages.iter().filter(|m| m.role == "system").map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n\n");
+    let prefix =
+        messages.iter().filter(|m| m.role == "system").map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n\n");
     let mut rest: Vec<ChatMessage> = messages.iter().filter(|m| m.role != "system").cloned().collect();
     match rest.iter_mut().find(|m| m.role == "user") {
         Some(first) => first.content = format!("{prefix}\n\n{}", first.content),
@@ -93,7 +96,11 @@ fn expected(layout: Layout, messages: &[ChatMessage], add_generation_prompt: boo
         }
         Layout::Llama3 => {
             for m in messages {
-                out.push_str(&format!("<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>", m.role, m.content.trim()));
+                out.push_str(&format!(
+                    "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
+                    m.role,
+                    m.content.trim()
+                ));
             }
             if add_generation_prompt {
                 out.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
@@ -176,7 +183,10 @@ fn system_messages_are_never_dropped_by_formats_without_a_system_role() {
     let gemma = ChatTemplate::from_format(ChatFormat::Gemma);
     let mistral = ChatTemplate::from_format(ChatFormat::Mistral);
     let only_system = [ChatMessage::new("system", "Be terse.")];
-    assert_eq!(gemma.render(&only_system, true).unwrap(), "<start_of_turn>user\nBe terse.<end_of_turn>\n<start_of_turn>model\n");
+    assert_eq!(
+        gemma.render(&only_system, true).unwrap(),
+        "<start_of_turn>user\nBe terse.<end_of_turn>\n<start_of_turn>model\n"
+    );
     assert_eq!(mistral.render(&only_system, true).unwrap(), "[INST] Be terse. [/INST]");
     let late_system = [
         ChatMessage::new("user", "Hi"),

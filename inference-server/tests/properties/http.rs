@@ -40,15 +40,19 @@ struct Harness {
 fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
-        let limits =
-            ServingLimits { max_tokens: MAX_TOKENS as usize, context_length: Some(CONTEXT), ..ServingLimits::default() };
+        let limits = ServingLimits {
+            max_tokens: MAX_TOKENS as usize,
+            context_length: Some(CONTEXT),
+            ..ServingLimits::default()
+        };
         let device = candle_core::Device::Cpu;
         let registry = Arc::new(Registry::default());
-        let chat = ChatModel::load_gguf(CHAT, &crate::model_path("smollm2-135m-instruct-q4_1.gguf"), limits.clone(), &device)
-            .expect("load smollm2");
+        let chat =
+            ChatModel::load_gguf(CHAT, &crate::model_path("smollm2-135m-instruct-q4_1.gguf"), limits.clone(), &device)
+                .expect("load smollm2");
         registry.insert(CHAT, ServedModel::Chat(Arc::new(chat)));
-        let embed =
-            EmbeddingService::load(EMBED, &crate::model_path("all-minilm-l6-v2"), &limits, &device).expect("load minilm");
+        let embed = EmbeddingService::load(EMBED, &crate::model_path("all-minilm-l6-v2"), &limits, &device)
+            .expect("load minilm");
         registry.insert(EMBED, ServedModel::Embedding(Arc::new(embed)));
         registry.set_ready(true);
         let config = ApiConfig { body_limit_bytes: BODY_LIMIT, ..ApiConfig::default() };
@@ -83,15 +87,15 @@ impl Harness {
             if let Some(content_type) = content_type {
                 request = request.header("content-type", content_type);
             }
-            let response =
-                self.router.clone().oneshot(request.body(Body::from(body)).expect("request")).await.expect("infallible");
+            let response = self
+                .router
+                .clone()
+                .oneshot(request.body(Body::from(body)).expect("request"))
+                .await
+                .expect("infallible");
             let status = response.status().as_u16();
-            let content_type = response
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
+            let content_type =
+                response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
             let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body").to_vec();
             Reply { status, content_type, body }
         })
@@ -117,8 +121,12 @@ impl Route {
     /// A valid request carrying `text`.
     fn valid(self, text: &str) -> Value {
         match self {
-            Self::Chat => json!({"model": CHAT, "messages": [{"role": "user", "content": text}], "max_tokens": 2, "temperature": 0}),
-            Self::Completion => json!({"model": CHAT, "prompt": format!("Say: {text}"), "max_tokens": 2, "temperature": 0}),
+            Self::Chat => {
+                json!({"model": CHAT, "messages": [{"role": "user", "content": text}], "max_tokens": 2, "temperature": 0})
+            }
+            Self::Completion => {
+                json!({"model": CHAT, "prompt": format!("Say: {text}"), "max_tokens": 2, "temperature": 0})
+            }
             Self::Embedding => json!({"model": EMBED, "input": text}),
         }
     }
@@ -484,7 +492,8 @@ fn broken_requests_get_openai_errors_and_the_server_stays_healthy() {
     }
     // After all of that, the model still answers.
     for route in [Route::Chat, Route::Completion, Route::Embedding] {
-        let reply = h.send("POST", route.path(), Some("application/json"), serde_json::to_vec(&route.valid("Hi")).unwrap());
+        let reply =
+            h.send("POST", route.path(), Some("application/json"), serde_json::to_vec(&route.valid("Hi")).unwrap());
         assert_eq!(reply.status, 200, "{route:?} after the broken requests: {}", reply.text());
         check_answer(route, &reply).unwrap();
     }

@@ -31,8 +31,9 @@ fn parse_all(body: &[u8]) -> [bool; 3] {
 /// A request-shaped object: the known fields with arbitrary values, so the typed parsers get
 /// past the first field.
 fn request_like() -> impl Strategy<Value = Value> {
-    let message = prop::collection::vec((prop::sample::select(&["role", "content", "type", "text"][..]), json_value()), 0..4)
-        .prop_map(|fields| Value::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()));
+    let message =
+        prop::collection::vec((prop::sample::select(&["role", "content", "type", "text"][..]), json_value()), 0..4)
+            .prop_map(|fields| Value::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()));
     (
         prop_oneof![Just(json!("smollm2")), json_value()],
         prop_oneof![prop::collection::vec(message, 0..4).prop_map(Value::Array), json_value()],
@@ -134,7 +135,10 @@ fn content() -> impl Strategy<Value = Content> {
     prop_oneof![
         tricky_text(6).prop_map(Content::Text),
         prop::collection::vec(
-            (prop_oneof![Just("text".to_owned()), Just("image_url".to_owned()), tricky_text(1)], prop::option::of(tricky_text(4))),
+            (
+                prop_oneof![Just("text".to_owned()), Just("image_url".to_owned()), tricky_text(1)],
+                prop::option::of(tricky_text(4))
+            ),
             0..4
         )
         .prop_map(Content::Parts),
@@ -159,7 +163,10 @@ fn chat_case() -> impl Strategy<Value = ChatCase> {
         (
             tricky_text(3),
             prop::collection::vec(
-                (prop_oneof![Just("user".to_owned()), Just("assistant".to_owned()), tricky_text(1)], prop::option::of(content())),
+                (
+                    prop_oneof![Just("user".to_owned()), Just("assistant".to_owned()), tricky_text(1)],
+                    prop::option::of(content()),
+                ),
                 0..5,
             ),
             prop::option::of(any::<i64>()),

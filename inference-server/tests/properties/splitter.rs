@@ -117,20 +117,39 @@ fn check(doc: &str, config: &SplitterConfig, counter: Counter, chunks: &[Chunk])
     let mut covered = 0;
     for (k, chunk) in chunks.iter().enumerate() {
         prop_assert_eq!(chunk.index, k);
-        prop_assert!(chunk.start < chunk.end && chunk.end <= doc.len(), "chunk {} at {}..{}", k, chunk.start, chunk.end);
-        prop_assert!(doc.is_char_boundary(chunk.start) && doc.is_char_boundary(chunk.end), "chunk {} cuts a character", k);
+        prop_assert!(
+            chunk.start < chunk.end && chunk.end <= doc.len(),
+            "chunk {} at {}..{}",
+            k,
+            chunk.start,
+            chunk.end
+        );
+        prop_assert!(
+            doc.is_char_boundary(chunk.start) && doc.is_char_boundary(chunk.end),
+            "chunk {} cuts a character",
+            k
+        );
         prop_assert_eq!(&chunk.text, &doc[chunk.start..chunk.end], "chunk {} is not the text at its offsets", k);
         prop_assert_eq!(chunk.text.trim(), &chunk.text, "chunk {} is not trimmed", k);
         let tokens = counter.count(&chunk.text);
         prop_assert_eq!(tokens, chunk.tokens, "chunk {} miscounted", k);
         prop_assert!(
             tokens <= limit || chunk.text.chars().count() == 1,
-            "chunk {} has {} tokens, over {}: {:?}", k, tokens, limit, chunk.text
+            "chunk {} has {} tokens, over {}: {:?}",
+            k,
+            tokens,
+            limit,
+            chunk.text
         );
         prop_assert!(doc[covered.min(chunk.start)..chunk.start].trim().is_empty(), "text lost before chunk {}", k);
         covered = covered.max(chunk.end);
         let Some(previous) = k.checked_sub(1).map(|p| &chunks[p]) else { continue };
-        prop_assert!(chunk.start > previous.start && chunk.end > previous.end, "chunks {} and {} out of order", k - 1, k);
+        prop_assert!(
+            chunk.start > previous.start && chunk.end > previous.end,
+            "chunks {} and {} out of order",
+            k - 1,
+            k
+        );
         if chunk.start < previous.end {
             let shared = counter.count(&doc[chunk.start..previous.end]);
             prop_assert!(shared <= overlap, "chunks {} and {} share {} tokens, over {}", k - 1, k, shared, overlap);
@@ -145,7 +164,12 @@ fn check(doc: &str, config: &SplitterConfig, counter: Counter, chunks: &[Chunk])
             prop_assert!(
                 tail == 0 || tail > overlap || tail + chunk.tokens > limit,
                 "no overlap between chunks {} and {} although the last word {:?} ({} tokens) fits ({} + {})",
-                k - 1, k, &doc[last_word..previous.end], tail, tail, chunk.tokens
+                k - 1,
+                k,
+                &doc[last_word..previous.end],
+                tail,
+                tail,
+                chunk.tokens
             );
         }
     }

@@ -78,7 +78,10 @@ impl Model {
     }
 
     fn control_ids(&self) -> Vec<u32> {
-        self.controls.iter().map(|c| self.tokenizer.token_id(c).unwrap_or_else(|| panic!("{}: no {c}", self.label))).collect()
+        self.controls
+            .iter()
+            .map(|c| self.tokenizer.token_id(c).unwrap_or_else(|| panic!("{}: no {c}", self.label)))
+            .collect()
     }
 }
 

@@ -254,7 +254,10 @@ fn cpu_matmul_setting_is_parsed_and_an_unknown_one_named() {
     assert_eq!(CpuMatmul::parse(Some("candle")).unwrap(), CpuMatmul::Candle);
     assert_eq!(CpuMatmul::parse(Some("hearth")).unwrap(), CpuMatmul::Hearth);
     let text = CpuMatmul::parse(Some("fastest")).expect_err("unknown value").to_string();
-    assert!(text.contains("HEARTH_CPU_MATMUL") && text.contains("`fastest`") && text.contains("auto, hearth or candle"), "{text}");
+    assert!(
+        text.contains("HEARTH_CPU_MATMUL") && text.contains("`fastest`") && text.contains("auto, hearth or candle"),
+        "{text}"
+    );
 }
 
 #[test]
