@@ -17,6 +17,7 @@ mod tiles;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+use std::borrow::Cow;
 use std::sync::{Mutex, PoisonError};
 
 use rayon::prelude::*;
@@ -204,13 +205,12 @@ impl QuantizedMatrix {
     /// AVX-512 VNNI multiplies them several times faster than the row layout; elsewhere a
     /// scalar loop does, slowly. [`into_fastest`](Self::into_fastest) tiles only where it pays.
     pub fn into_tiled(self) -> Result<Self, KernelError> {
-        if self.ty != WeightType::Q8_0 {
-            return Err(KernelError::Tiles("only Q8_0 matrices are tiled"));
-        }
-        if !self.rows.is_multiple_of(tiles::TILE_ROWS) {
-            return Err(KernelError::Tiles("tiles need a multiple of 16 rows"));
-        }
-        Ok(self.tile())
+        tiles::TiledQ8::refusal(self.ty, self.rows).map_or_else(|| Ok(self.tile()), |why| Err(KernelError::Tiles(why)))
+    }
+
+    /// Whether a `ty` matrix of `rows` rows gets tiles on this CPU.
+    fn tiles_pay(ty: WeightType, rows: usize) -> bool {
+        tiles::TiledQ8::refusal(ty, rows).is_none() && tiles::TiledQ8::accelerated()
     }
 
     fn tile(self) -> Self {
@@ -224,19 +224,18 @@ impl QuantizedMatrix {
     /// The fastest layout for this CPU: tiled when it has AVX-512 VNNI and the matrix can be
     /// tiled, unchanged otherwise.
     pub fn into_fastest(self) -> Self {
-        let can_tile = self.ty == WeightType::Q8_0 && self.rows.is_multiple_of(tiles::TILE_ROWS);
-        if can_tile && tiles::TiledQ8::accelerated() { self.tile() } else { self }
+        if Self::tiles_pay(self.ty, self.rows) { self.tile() } else { self }
     }
 
-    /// [`new`](Self::new) then [`into_fastest`](Self::into_fastest), reading borrowed blocks: a
-    /// matrix that gets tiles is built from `data` directly, without a copy of the blocks.
-    pub fn new_fastest(ty: WeightType, rows: usize, cols: usize, data: &[u8]) -> Result<Self, KernelError> {
-        let can_tile = ty == WeightType::Q8_0 && rows.is_multiple_of(tiles::TILE_ROWS) && tiles::TiledQ8::accelerated();
-        if !can_tile {
-            return Ok(Self::new(ty, rows, cols, data.to_vec())?.into_fastest());
+    /// [`new`](Self::new) then [`into_fastest`](Self::into_fastest): a matrix that gets tiles
+    /// is built from `data` directly (borrowed blocks are never copied); otherwise `data` is
+    /// kept as it is, copied only if it was borrowed.
+    pub fn new_fastest(ty: WeightType, rows: usize, cols: usize, data: Cow<'_, [u8]>) -> Result<Self, KernelError> {
+        if !Self::tiles_pay(ty, rows) {
+            return Self::new(ty, rows, cols, data.into_owned());
         }
         Self::check(ty, rows, cols, data.len())?;
-        let tiled = tiles::TiledQ8::from_blocks(rows, cols, data);
+        let tiled = tiles::TiledQ8::from_blocks(rows, cols, &data);
         Ok(Self { ty, rows, cols, data: Vec::new(), tiled: Some(tiled) })
     }
 

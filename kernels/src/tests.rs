@@ -307,7 +307,7 @@ fn tiled_q8_0_gives_what_the_row_kernels_give() {
     let matrix = QuantizedMatrix::new(WeightType::Q8_0, rows, cols, w).unwrap();
     let tiled = matrix.clone().into_tiled().unwrap();
     assert!(tiled.is_tiled() && !matrix.is_tiled());
-    let fastest = QuantizedMatrix::new_fastest(WeightType::Q8_0, rows, cols, &w_bytes).unwrap();
+    let fastest = QuantizedMatrix::new_fastest(WeightType::Q8_0, rows, cols, Cow::Borrowed(&w_bytes)).unwrap();
     assert_eq!(fastest.is_tiled(), QuantizedMatrix::tiles_accelerated());
     for m in [1, 3, 4, 9] {
         let x = random_activations(m * cols, &mut rng);
@@ -335,7 +335,8 @@ fn tiled_q8_0_gives_what_the_row_kernels_give() {
     let odd = QuantizedMatrix::new(WeightType::Q8_0, 17, 64, vec![0; 17 * 2 * 34]).unwrap();
     assert_eq!(odd.clone().into_tiled().unwrap_err().to_string(), "tiles need a multiple of 16 rows");
     assert!(!odd.into_fastest().is_tiled());
-    let short = QuantizedMatrix::new_fastest(WeightType::Q8_0, 16, 64, &[0; 100]).unwrap_err().to_string();
+    let short =
+        QuantizedMatrix::new_fastest(WeightType::Q8_0, 16, 64, Cow::Borrowed(&[0; 100])).unwrap_err().to_string();
     assert_eq!(short, "a 16 x 64 Q8_0 matrix takes 1088 bytes, found 100");
     let q4 = QuantizedMatrix::new(WeightType::Q4_0, 16, 32, vec![0; 16 * 18]).unwrap();
     assert_eq!(q4.into_tiled().unwrap_err().to_string(), "only Q8_0 matrices are tiled");

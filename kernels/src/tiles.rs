@@ -13,13 +13,20 @@
 //! AVX-512 VNNI; elsewhere a scalar loop over the same layout keeps it correct (and testable).
 
 use crate::activations::{QuantizedActivations, Row};
-use crate::blocks::f16_at;
+use crate::blocks::{WeightType, f16_at};
 use crate::{Parallel, for_each_part};
 
 /// Rows per tile.
 pub(crate) const TILE_ROWS: usize = 16;
 /// Tiles handed to one task.
 const TILES_PER_TASK: usize = 4;
+
+/// Where weight `k` (0..32) of row `r` (0..16) of block `block` (`tile * blocks + b`) sits in
+/// `quants` (see the module's layout); the block's 512 bytes start at `quant_at(block, 0, 0)`.
+#[inline]
+fn quant_at(block: usize, r: usize, k: usize) -> usize {
+    (block * 8 + k / 4) * 64 + 4 * r + k % 4
+}
 
 /// A Q8_0 matrix in 16-row tiles.
 #[derive(Clone, Debug)]
@@ -31,6 +38,17 @@ pub(crate) struct TiledQ8 {
 }
 
 impl TiledQ8 {
+    /// Why a `ty` matrix of `rows` rows cannot be tiled, if it cannot.
+    pub(crate) fn refusal(ty: WeightType, rows: usize) -> Option<&'static str> {
+        if ty != WeightType::Q8_0 {
+            Some("only Q8_0 matrices are tiled")
+        } else if !rows.is_multiple_of(TILE_ROWS) {
+            Some("tiles need a multiple of 16 rows")
+        } else {
+            None
+        }
+    }
+
     /// Re-lays out a Q8_0 matrix (`rows` a multiple of 16, `data` its GGUF blocks row after
     /// row; the caller checks both).
     pub(crate) fn from_blocks(rows: usize, cols: usize, data: &[u8]) -> Self {
@@ -42,9 +60,8 @@ impl TiledQ8 {
             let (t, r) = (row / TILE_ROWS, row % TILE_ROWS);
             for (b, block) in data[row * cols / 32 * 34..(row + 1) * cols / 32 * 34].chunks_exact(34).enumerate() {
                 scales[(t * blocks + b) * TILE_ROWS + r] = f16_at(block, 0);
-                for (i, &q) in block[2..].iter().enumerate() {
-                    let (g, j) = (i / 4, i % 4);
-                    quants[((t * blocks + b) * 8 + g) * 64 + 4 * r + j] = (q as i8 as i16 + 128) as u8;
+                for (k, &q) in block[2..].iter().enumerate() {
+                    quants[quant_at(t * blocks + b, r, k)] = (q as i8 as i16 + 128) as u8;
                 }
             }
         }
@@ -62,7 +79,7 @@ impl TiledQ8 {
         for (b, out) in out.chunks_exact_mut(32).enumerate() {
             let d = self.scales[(t * blocks + b) * TILE_ROWS + r];
             for (k, o) in out.iter_mut().enumerate() {
-                let q = i32::from(self.quants[((t * blocks + b) * 8 + k / 4) * 64 + 4 * r + k % 4]) - 128;
+                let q = i32::from(self.quants[quant_at(t * blocks + b, r, k)]) - 128;
                 *o = d * q as f32;
             }
         }
@@ -145,9 +162,8 @@ fn tile_dot(accelerated: bool, quants: &[u8], scales: &[f32], rows: &[Row<'_>], 
         for b in 0..blocks {
             for (r, o) in out.iter_mut().enumerate() {
                 let mut sum = 0i32;
-                for i in 0..32 {
-                    let q = i32::from(quants[(b * 8 + i / 4) * 64 + 4 * r + i % 4]);
-                    sum += q * i32::from(row.qs[32 * b + i]);
+                for k in 0..32 {
+                    sum += i32::from(quants[quant_at(b, r, k)]) * i32::from(row.qs[32 * b + k]);
                 }
                 sum -= 128 * i32::from(row.sums[b]);
                 *o += scales[b * TILE_ROWS + r] * row.scales[b] * sum as f32;

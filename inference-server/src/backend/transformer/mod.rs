@@ -413,13 +413,11 @@ impl<R: Read + Seek> Loader<'_, R> {
         let (rows, cols) = weight.shape().dims2()?;
         // Q8_0 in 16-row tiles where the CPU has AVX-512 VNNI (2-4x faster; same bytes), built
         // from the tensor's bytes without another copy of the blocks.
-        let matrix = if widen {
-            QuantizedMatrix::new(ty, rows, cols, transcode::q5_0_to_q8_0(&weight.data()?)?)
-                .map(QuantizedMatrix::into_fastest)
-        } else {
-            QuantizedMatrix::new_fastest(ty, rows, cols, &weight.data()?)
-        };
-        Ok(Some(matrix.map_err(|e| ModelError::Kernel(e.to_string()))?))
+        let data = weight.data()?;
+        let data = if widen { std::borrow::Cow::Owned(transcode::q5_0_to_q8_0(&data)?) } else { data };
+        let matrix =
+            QuantizedMatrix::new_fastest(ty, rows, cols, data).map_err(|e| ModelError::Kernel(e.to_string()))?;
+        Ok(Some(matrix))
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<Tensor, ModelError> {
