@@ -639,7 +639,43 @@ impl State {
         let event = if previous.is_some() { EventType::Modified } else { EventType::Added };
         self.objects[t.kind].insert(key, Entry { object: object.clone(), managers });
         self.emit(t.kind, &t.namespace, event, object.clone(), previous);
+        self.collect_if_orphaned(t);
         Ok(object)
+    }
+
+    /// The garbage collector's other half: an object written with an ownerReference whose owner
+    /// is gone (say, a controller applied a child just after its owner was deleted) is deleted when
+    /// every owner is gone, and loses the dangling references when only some are.
+    fn collect_if_orphaned(&mut self, t: &Target) {
+        let Ok(entry) = self.entry(t) else { return };
+        let Some(refs) = entry.object.pointer("/metadata/ownerReferences").and_then(Value::as_array) else {
+            return;
+        };
+        let dangling: Vec<Value> = refs
+            .iter()
+            .filter(|r| r["uid"].as_str().is_some_and(|uid| !uid.is_empty() && !self.uid_exists(uid)))
+            .cloned()
+            .collect();
+        if dangling.is_empty() {
+            return;
+        }
+        if dangling.len() == refs.len() {
+            let log = self.record(t, Verb::Delete, None, &garbage_collector());
+            // A dependent that cannot be deleted stays, as with a real garbage collector.
+            let _ = self.delete_entry(t, entry, log);
+            return;
+        }
+        let mut object = entry.object.clone();
+        if let Some(refs) = object["metadata"]["ownerReferences"].as_array_mut() {
+            refs.retain(|r| !dangling.contains(r));
+        }
+        let log = self.record(t, Verb::Update, None, &garbage_collector());
+        let managers = entry.managers.clone();
+        let _ = self.commit(t, Some(entry), object, managers, log, false);
+    }
+
+    fn uid_exists(&self, uid: &str) -> bool {
+        self.objects.iter().flat_map(|objects| objects.values()).any(|e| e.object["metadata"]["uid"] == uid)
     }
 
     /// A delete: with finalizers the object is only marked (deletionTimestamp, MODIFIED);

@@ -74,6 +74,29 @@ async fn deleting_an_owner_collects_its_dependents() {
 }
 
 #[tokio::test]
+async fn a_dependent_written_after_its_owner_is_gone_is_collected() {
+    let server = FakeApiServer::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let pp = PostParams::default();
+    let owner = api.create(&pp, &config_map("owner", &[], &[])).await.unwrap();
+    let other = api.create(&pp, &config_map("other", &[], &[])).await.unwrap();
+    api.delete("owner", &DeleteParams::background()).await.unwrap();
+
+    // A late child of the deleted owner goes; one that also has a live owner only loses the
+    // dangling reference.
+    api.create(&pp, &owned_by("late", &owner)).await.unwrap();
+    assert_eq!(code(api.get("late").await), 404);
+    let mut shared = owned_by("shared", &owner);
+    shared.metadata.owner_references.as_mut().unwrap().extend(owned_by("x", &other).metadata.owner_references.unwrap());
+    api.create(&pp, &shared).await.unwrap();
+    let owners = api.get("shared").await.unwrap().metadata.owner_references.unwrap();
+    assert_eq!(owners.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["other"]);
+    // A child of a live owner stays.
+    api.create(&pp, &owned_by("kept", &other)).await.unwrap();
+    assert!(api.get("kept").await.is_ok());
+}
+
+#[tokio::test]
 async fn orphan_propagation_keeps_dependents() {
     let server = FakeApiServer::start().await;
     let api: Api<ConfigMap> = Api::namespaced(server.client(), "default");
