@@ -139,8 +139,10 @@ def run_peer_generation(spec: dict, report: dict, L, np) -> None:  # noqa: N803 
         n = L.llama_tokenize(vocab, raw, len(raw), buf, len(buf), False, False)
         report["prompt_text_ids"] = list(buf[:n]) if n >= 0 else None
 
-    def make_context(n_ctx: int, n_seq: int):
+    def make_context(n_ctx: int, n_seq: int, flash_attn: int | None = None):
         params = L.llama_context_default_params()
+        if flash_attn is not None:
+            params.flash_attn_type = flash_attn
         params.n_ctx = n_ctx
         params.n_batch = n_batch
         params.n_ubatch = n_batch
@@ -232,6 +234,20 @@ def run_peer_generation(spec: dict, report: dict, L, np) -> None:  # noqa: N803 
     report["ttft_note"] = "in-process prefill + first argmax, no server queue"
     report["greedy_ids"] = greedy
     report["rss_bytes"]["after_direct"] = rss()
+    L.llama_free(ctx)
+
+    # The same greedy run with flash attention off (0 = LLAMA_FLASH_ATTN_TYPE_DISABLED). On CPU
+    # llama.cpp's flash-attention decode rounds differently from its batched path, enough to flip
+    # near-ties in a tiny model's greedy output; with it off the continuation is the reference.
+    ctx, _ = make_context(len(prompt) + new_tokens + 64, 1, flash_attn=0)
+    nxt = prefill(ctx, prompt, 0)
+    ids = []
+    for step in range(new_tokens):
+        ids.append(nxt)
+        fill([nxt], [len(prompt) + step], [0], [True])
+        decode(ctx)
+        nxt = argmax(ctx, 0)
+    report["greedy_ids_flash_attn_off"] = ids
     L.llama_free(ctx)
 
     # --- several streams: one sequence id each, decoded together in one batch -------------
@@ -502,8 +518,11 @@ def print_table(name: str, hearth: dict, peer: dict | None, streams: int) -> Non
         notes.append(f"tokenizers agree on the prompt text: {'yes' if same else 'NO'} (both ran the same ids regardless)")
     if peer and hearth.get("greedy_ids") and peer.get("greedy_ids"):
         a, b = hearth["greedy_ids"], peer["greedy_ids"]
-        agree = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        notes.append(f"greedy continuations agree for the first {agree} of {min(len(a), len(b))} tokens")
+        for label, key in (("flash attention as configured", "greedy_ids"), ("flash attention off", "greedy_ids_flash_attn_off")):
+            b = peer.get(key)
+            if b:
+                agree = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                notes.append(f"greedy continuations agree with llama.cpp ({label}) for the first {agree} of {min(len(a), len(b))} tokens")
     if hearth.get("embeddings_per_second") is not None and peer and peer.get("embeddings_skipped"):
         notes.append(f"embeddings peer skipped: {peer['embeddings_skipped']} (torch is not installed on purpose)")
     if peer:
