@@ -33,7 +33,11 @@ fn config(cases: u32) -> Config {
     let from_env = Config::default();
     Config {
         cases: if std::env::var_os("PROPTEST_CASES").is_some() { from_env.cases } else { cases },
-        rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() { from_env.rng_seed } else { RngSeed::Fixed(SEED) },
+        rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+            from_env.rng_seed
+        } else {
+            RngSeed::Fixed(SEED)
+        },
         failure_persistence: None,
         ..from_env
     }
@@ -200,7 +204,12 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![Just(Value::Null), any::<bool>().prop_map(Value::Bool), edge_number(), text().prop_map(Value::String)];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        edge_number(),
+        text().prop_map(Value::String)
+    ];
     leaf.prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
@@ -307,7 +316,10 @@ fn yaml_documents(yaml: &str) -> Vec<Option<Value>> {
 /// it (a required field gone, a wrong object), one it holds, or a sibling (cross-field rules).
 fn related(changed: &str, error: &str) -> bool {
     let holds = |outer: &str, inner: &str| {
-        outer.is_empty() || inner == outer || inner.starts_with(&format!("{outer}.")) || inner.starts_with(&format!("{outer}["))
+        outer.is_empty()
+            || inner == outer
+            || inner.starts_with(&format!("{outer}."))
+            || inner.starts_with(&format!("{outer}["))
     };
     let parent = |p: &str| p.rfind(['.', '[']).map_or("", |i| &p[..i]).to_owned();
     holds(error, changed) || holds(changed, error) || parent(error) == parent(changed)
@@ -362,7 +374,9 @@ fn check_refusal(err: &hearth_crds::stack::StackError, documents: usize) -> Resu
             for f in errors {
                 prop_assert!(
                     !f.path.is_empty() || f.message.contains("is a required property"),
-                    "a field error that names no field: {:?} in {}", f, text
+                    "a field error that names no field: {:?} in {}",
+                    f,
+                    text
                 );
             }
         }
@@ -489,7 +503,9 @@ proptest! {
 /// Aliases that expand exponentially are refused, not expanded until memory runs out.
 #[test]
 fn a_billion_laughs_is_refused_quickly() {
-    let mut yaml = String::from("apiVersion: hearth.dev/v1alpha1\nkind: Model\nmetadata: {name: lol}\nspec:\n  a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    let mut yaml = String::from(
+        "apiVersion: hearth.dev/v1alpha1\nkind: Model\nmetadata: {name: lol}\nspec:\n  a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+    );
     for i in 1..12 {
         let refs = vec![format!("*a{}", i - 1); 9].join(", ");
         yaml.push_str(&format!("  a{i}: &a{i} [{refs}]\n"));
@@ -500,13 +516,20 @@ fn a_billion_laughs_is_refused_quickly() {
     assert_eq!(err.errors[0].document, 1, "{err}");
 }
 
-
 /// Regression: a Quantity (`x-kubernetes-int-or-string`) of the wrong type passed the schema and
 /// was refused by the types with no field and no name: `Model "" is invalid: invalid type: null,
 /// expected Quantity`.
 #[test]
 fn a_quantity_of_the_wrong_type_is_refused_naming_the_field() {
-    for (value, accepted) in [("null", true), ("true", false), ("{a: 1}", false), ("[1]", false), ("1.5", false), ("2", true), ("'500m'", true)] {
+    for (value, accepted) in [
+        ("null", true),
+        ("true", false),
+        ("{a: 1}", false),
+        ("[1]", false),
+        ("1.5", false),
+        ("2", true),
+        ("'500m'", true),
+    ] {
         let yaml = format!(
             "apiVersion: hearth.dev/v1alpha1\nkind: Model\nmetadata: {{name: m}}\n\
              spec: {{source: {{uri: 'file:///m.gguf'}}, resources: {{limits: {{cpu: {value}}}}}}}\n"

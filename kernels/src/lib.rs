@@ -11,6 +11,7 @@
 //! whole prompt chunk or a whole decode batch, instead of one pass per row.
 
 mod activations;
+pub mod attention;
 pub mod blocks;
 mod portable;
 mod tiles;

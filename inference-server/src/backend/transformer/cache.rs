@@ -10,10 +10,12 @@ const MIN_CAPACITY: usize = 64;
 /// Keys and values of one sequence, for every layer. Made by
 /// [`QuantizedTransformer::new_cache`](super::QuantizedTransformer::new_cache); one per sequence.
 ///
-/// Buffers are preallocated and grown by doubling (amortised O(1) per appended token); each
-/// layer holds `[kv_heads, capacity, head_dim]` f32 keys and values of which the first
-/// [`len`](Self::len) positions are valid. Not `Clone`: a shallow copy would share buffers
-/// that later appends write in place.
+/// Buffers are preallocated and grown by doubling (amortised O(1) per appended token), and
+/// the first [`len`](Self::len) positions are valid. On the CPU each layer holds plain
+/// `[capacity, kv_heads, head_dim]` f32 buffers (position-major: a token's keys are one
+/// contiguous append, growth never re-lays out what is stored, and Hearth's attention kernel
+/// reads them in place); on other devices `[kv_heads, capacity, head_dim]` tensors for candle's
+/// operators. Not `Clone`: a shallow copy would share buffers that later appends write in place.
 #[derive(Debug)]
 pub struct KvCache {
     pub(crate) layers: Vec<LayerCache>,
@@ -25,17 +27,26 @@ pub struct KvCache {
     device: Device,
 }
 
-/// One layer's key and value buffers (`None` until the first append).
-#[derive(Debug, Default)]
-pub(crate) struct LayerCache {
-    pub k: Option<Tensor>,
-    pub v: Option<Tensor>,
+/// One layer's key and value buffers.
+#[derive(Debug)]
+pub(crate) enum LayerCache {
+    /// CPU: `[capacity, kv_heads, head_dim]` each.
+    Host { k: Vec<f32>, v: Vec<f32> },
+    /// Other devices: `[kv_heads, capacity, head_dim]` each (`None` until the first reserve).
+    Device { k: Option<Tensor>, v: Option<Tensor> },
 }
 
 impl KvCache {
     pub(crate) fn new(layers: usize, kv_heads: usize, head_dim: usize, max_len: usize, device: &Device) -> Self {
+        let layer = || {
+            if device.is_cpu() {
+                LayerCache::Host { k: Vec::new(), v: Vec::new() }
+            } else {
+                LayerCache::Device { k: None, v: None }
+            }
+        };
         Self {
-            layers: (0..layers).map(|_| LayerCache::default()).collect(),
+            layers: (0..layers).map(|_| layer()).collect(),
             len: 0,
             capacity: 0,
             kv_heads,
@@ -97,8 +108,16 @@ impl KvCache {
             })
         };
         for layer in &mut self.layers {
-            layer.k = Some(grow(&layer.k)?);
-            layer.v = Some(grow(&layer.v)?);
+            match layer {
+                LayerCache::Host { k, v } => {
+                    k.resize(new_capacity * kv_heads * head_dim, 0.0);
+                    v.resize(new_capacity * kv_heads * head_dim, 0.0);
+                }
+                LayerCache::Device { k, v } => {
+                    *k = Some(grow(k)?);
+                    *v = Some(grow(v)?);
+                }
+            }
         }
         self.capacity = new_capacity;
         Ok(())

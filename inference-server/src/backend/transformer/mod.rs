@@ -22,9 +22,11 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Tensor};
+use hearth_kernels::attention::{self, Heads, Sequence};
 use hearth_kernels::{Isa, Parallel, QuantizedMatrix, WeightType};
 
 pub use cache::KvCache;
+use cache::LayerCache;
 use config::{Activation, ArchSettings, RopeStyle};
 pub use config::{ModelConfig, SUPPORTED_ARCHITECTURES};
 
@@ -748,11 +750,14 @@ impl QuantizedTransformer {
             };
             x.squeeze(0)
         };
+        let window = if layer.local { cfg.sliding_window } else { None };
+        if segments.iter().all(|seg| matches!(seg.cache.layers[index], LayerCache::Host { .. })) {
+            return self.host_attention(index, window, &rope(q)?, &rope(k)?, &v, segments);
+        }
         let q = (rope(q)? * cfg.attention_scale)?;
         let k = rope(k)?;
         let v = v.transpose(0, 1)?.contiguous()?;
 
-        let window = if layer.local { cfg.sliding_window } else { None };
         let single = segments.len() == 1;
         let mut outputs = Vec::with_capacity(segments.len());
         let mut row = 0;
@@ -762,8 +767,7 @@ impl QuantizedTransformer {
             let take = |t: &Tensor| -> candle_core::Result<Tensor> {
                 if single { Ok(t.clone()) } else { t.narrow(1, row, n)?.contiguous() }
             };
-            let cached = &seg.cache.layers[index];
-            let (Some(k_cache), Some(v_cache)) = (&cached.k, &cached.v) else {
+            let LayerCache::Device { k: Some(k_cache), v: Some(v_cache) } = &seg.cache.layers[index] else {
                 return Err(ModelError::InvalidInput("KV cache buffers were not reserved".into()));
             };
             k_cache.slice_set(&take(&k)?, 1, start)?;
@@ -790,6 +794,70 @@ impl QuantizedTransformer {
             Tensor::cat(&outputs, 1)?
         };
         Ok(out.transpose(0, 1)?.contiguous()?.reshape((rows, heads * hd))?)
+    }
+}
+
+impl QuantizedTransformer {
+    /// [`attention`](Self::attention) on the CPU with Hearth's kernel: appends each segment's
+    /// keys and values to its host cache, then attends over every segment in one call (no
+    /// tensor operation per segment). `q` is `[heads, rows, hd]` and `k` `[kv_heads, rows, hd]`
+    /// after rope; `v` is `[rows, kv_heads, hd]`. Returns `[rows, heads * hd]`.
+    fn host_attention(
+        &self,
+        index: usize,
+        window: Option<usize>,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        segments: &mut [Segment<'_>],
+    ) -> Result<Tensor, ModelError> {
+        let cfg = &self.config;
+        let (heads, kv_heads, hd) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
+        let rows = v.dim(0)?;
+        let queries = q.flatten_all()?.to_vec1::<f32>()?;
+        let keys = k.flatten_all()?.to_vec1::<f32>()?;
+        let values = v.flatten_all()?.to_vec1::<f32>()?;
+        let width = kv_heads * hd;
+        let mut row = 0;
+        for seg in segments.iter_mut() {
+            let start = seg.cache.len();
+            let LayerCache::Host { k: k_cache, v: v_cache } = &mut seg.cache.layers[index] else {
+                return Err(ModelError::InvalidInput("a host attention step met a device KV cache".into()));
+            };
+            if k_cache.len() < (start + seg.tokens) * width {
+                return Err(ModelError::InvalidInput("KV cache buffers were not reserved".into()));
+            }
+            for i in 0..seg.tokens {
+                let at = (start + i) * width;
+                for g in 0..kv_heads {
+                    let from = (g * rows + row + i) * hd;
+                    k_cache[at + g * hd..at + (g + 1) * hd].copy_from_slice(&keys[from..from + hd]);
+                }
+                v_cache[at..at + width].copy_from_slice(&values[(row + i) * width..(row + i + 1) * width]);
+            }
+            row += seg.tokens;
+        }
+        let mut sequences = Vec::with_capacity(segments.len());
+        for seg in segments.iter() {
+            let LayerCache::Host { k, v } = &seg.cache.layers[index] else {
+                return Err(ModelError::InvalidInput("a host attention step met a device KV cache".into()));
+            };
+            sequences.push(Sequence { rows: seg.tokens, start: seg.cache.len(), keys: k, values: v });
+        }
+        let mut out = vec![0.0f32; rows * heads * hd];
+        let shape = Heads { heads, kv_heads, head_dim: hd };
+        attention::attend(
+            &CandlePool,
+            Isa::detect(),
+            shape,
+            cfg.attention_scale as f32,
+            window,
+            &queries,
+            &sequences,
+            &mut out,
+        )
+        .map_err(candle_core::Error::wrap)?;
+        Ok(Tensor::from_vec(out, (rows, heads * hd), &self.device)?)
     }
 }
 
