@@ -13,6 +13,7 @@
 mod activations;
 pub mod attention;
 pub mod blocks;
+pub mod gated;
 mod portable;
 mod tiles;
 #[cfg(target_arch = "x86_64")]

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Tensor};
 use hearth_kernels::attention::{self, Heads, Sequence};
+use hearth_kernels::gated::Gate;
 use hearth_kernels::{Isa, Parallel, QuantizedMatrix, WeightType};
 
 pub use cache::KvCache;
@@ -633,12 +634,8 @@ impl QuantizedTransformer {
             x = (x + attn)?;
 
             let h = layer.ffn_norm.forward(&x)?;
-            let gate = layer.gate.forward(&h)?;
-            let gate = match self.settings.activation {
-                Activation::Silu => candle_nn::ops::silu(&gate)?,
-                Activation::GeluTanh => gate.gelu()?,
-            };
-            let mut mlp = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+            let gated = self.gated(&layer.gate.forward(&h)?, &layer.up.forward(&h)?)?;
+            let mut mlp = layer.down.forward(&gated)?;
             if let Some(norm) = &layer.post_ffn_norm {
                 mlp = norm.forward(&mlp)?;
             }
@@ -798,6 +795,28 @@ impl QuantizedTransformer {
 }
 
 impl QuantizedTransformer {
+    /// `act(gate) * up`: on the CPU in one pass of Hearth's kernel, elsewhere with candle's
+    /// operators.
+    fn gated(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor, ModelError> {
+        if !self.device.is_cpu() {
+            let gate = match self.settings.activation {
+                Activation::Silu => candle_nn::ops::silu(gate)?,
+                Activation::GeluTanh => gate.gelu()?,
+            };
+            return Ok((gate * up)?);
+        }
+        let act = match self.settings.activation {
+            Activation::Silu => Gate::Silu,
+            Activation::GeluTanh => Gate::GeluTanh,
+        };
+        let shape = gate.shape().clone();
+        let (gate, up) = (gate.flatten_all()?.to_vec1::<f32>()?, up.flatten_all()?.to_vec1::<f32>()?);
+        let mut out = vec![0.0f32; gate.len()];
+        hearth_kernels::gated::gated(&CandlePool, Isa::detect(), act, &gate, &up, &mut out)
+            .map_err(candle_core::Error::wrap)?;
+        Ok(Tensor::from_vec(out, shape, &self.device)?)
+    }
+
     /// [`attention`](Self::attention) on the CPU with Hearth's kernel: appends each segment's
     /// keys and values to its host cache, then attends over every segment in one call (no
     /// tensor operation per segment). `q` is `[heads, rows, hd]` and `k` `[kv_heads, rows, hd]`
