@@ -192,6 +192,16 @@ def run_peer_generation(spec: dict, report: dict, L, np) -> None:  # noqa: N803 
             decode(ctx)
         return argmax(ctx, batch.n_tokens - 1)
 
+    def continue_greedily(ctx, nxt: int) -> list[int]:
+        """`new_tokens` greedy tokens of sequence 0 after the prompt, starting with `nxt`."""
+        ids = []
+        for step in range(new_tokens):
+            ids.append(nxt)
+            fill([nxt], [len(prompt) + step], [0], [True])
+            decode(ctx)
+            nxt = argmax(ctx, 0)
+        return ids
+
     def clear(ctx) -> None:
         L.llama_memory_clear(L.llama_get_memory(ctx), True)
 
@@ -211,13 +221,8 @@ def run_peer_generation(spec: dict, report: dict, L, np) -> None:  # noqa: N803 
         t0 = time.perf_counter()
         nxt = prefill(ctx, prompt, 0)
         t_prefill = time.perf_counter() - t0
-        ids = []
         t0 = time.perf_counter()
-        for step in range(new_tokens):
-            ids.append(nxt)
-            fill([nxt], [len(prompt) + step], [0], [True])
-            decode(ctx)
-            nxt = argmax(ctx, 0)
+        ids = continue_greedily(ctx, nxt)
         t_decode = time.perf_counter() - t0
         prefill_tps.append(len(prompt) / t_prefill)
         decode_tps.append(new_tokens / t_decode)
@@ -240,14 +245,7 @@ def run_peer_generation(spec: dict, report: dict, L, np) -> None:  # noqa: N803 
     # llama.cpp's flash-attention decode rounds differently from its batched path, enough to flip
     # near-ties in a tiny model's greedy output; with it off the continuation is the reference.
     ctx, _ = make_context(len(prompt) + new_tokens + 64, 1, flash_attn=0)
-    nxt = prefill(ctx, prompt, 0)
-    ids = []
-    for step in range(new_tokens):
-        ids.append(nxt)
-        fill([nxt], [len(prompt) + step], [0], [True])
-        decode(ctx)
-        nxt = argmax(ctx, 0)
-    report["greedy_ids_flash_attn_off"] = ids
+    report["greedy_ids_flash_attn_off"] = continue_greedily(ctx, prefill(ctx, prompt, 0))
     L.llama_free(ctx)
 
     # --- several streams: one sequence id each, decoded together in one batch -------------
