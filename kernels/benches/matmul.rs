@@ -4,7 +4,8 @@
 //!
 //! `cargo bench -p hearth-kernels --bench matmul [-- --quick] [-- --only Q8_0]`
 //! Prints, per case, the median time of each, weight bytes streamed per second, and the ratio.
-//! Threads follow `RAYON_NUM_THREADS` (both sides use the rayon pool).
+//! Both sides run on candle's barrier pool (as in hearth-server, where Hearth's kernels share
+//! candle's threads): a second pool would fight candle's spinning workers for the cores.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
-use hearth_kernels::{Isa, QuantizedMatrix, WeightType};
+use hearth_kernels::{Isa, Parallel, QuantizedMatrix, WeightType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -56,6 +57,15 @@ fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
     samples[samples.len() / 2]
 }
 
+/// candle's CPU thread pool, for Hearth's kernels (what hearth-server does).
+struct CandlePool;
+
+impl Parallel for CandlePool {
+    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+        candle_core::utils::barrier_pool().execute_chunked(tasks, |range| range.for_each(task));
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -70,8 +80,11 @@ fn main() {
         ("smollm2 ffn_gate/up", WeightType::Q4_1, 1536, 576),
         ("qwen2.5-1.5b ffn_gate/up", WeightType::Q4K, 8960, 1536),
         ("qwen2.5-1.5b ffn_down", WeightType::Q6K, 1536, 8960),
+        ("qwen2.5-1.5b attn_q/output", WeightType::Q4K, 1536, 1536),
+        ("qwen2.5-1.5b output", WeightType::Q6K, 151_936, 1536),
+        ("qwen2.5-1.5b token_embd as output", WeightType::Q4K, 151_936, 1536),
     ];
-    let threads = rayon::current_num_threads();
+    let threads = candle_core::utils::get_num_threads();
     let isa = Isa::detect();
     println!("hearth-kernels matmul vs candle 0.11 QMatMul; {threads} thread(s); Hearth path: {}", isa.name());
     println!(
@@ -100,23 +113,22 @@ fn main() {
             let storage = QStorage::from_data(Cow::Owned(data), &Device::Cpu, dtype).unwrap();
             (dtype, QMatMul::from_qtensor(QTensor::new(storage, (rows, cols)).unwrap()).unwrap())
         });
-        let tiled = (ty == WeightType::Q8_0 && QuantizedMatrix::tiles_accelerated())
-            .then(|| ours.clone().into_tiled().unwrap());
+        let tiled = QuantizedMatrix::tiles_accelerated().then(|| ours.clone().into_tiled().ok()).flatten();
         for m in [1usize, 8, 256] {
             if quick && m == 256 && rows > 100_000 {
                 continue;
             }
             let x: Vec<f32> = (0..m * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
             let mut out = vec![0.0f32; m * rows];
-            let t_ours = time(budget, || ours.matmul_with(isa, &x, m, &mut out).unwrap());
+            let t_ours = time(budget, || ours.matmul_on(&CandlePool, isa, &x, m, &mut out).unwrap());
             let input = Tensor::from_vec(x.clone(), (m, cols), &Device::Cpu).unwrap();
             let t_theirs = time(budget, || {
                 theirs.forward(&input).unwrap();
             });
-            // The 16-row tiled Q8_0 layout (AVX-512 VNNI), where the shape allows it.
+            // The 16-row tiled layout (AVX-512 VNNI), where the type and shape allow it.
             let tiled_text = match &tiled {
                 Some(tiled) => {
-                    let t = time(budget, || tiled.matmul_with(isa, &x, m, &mut out).unwrap());
+                    let t = time(budget, || tiled.matmul_on(&CandlePool, isa, &x, m, &mut out).unwrap());
                     format!("  tiled {:.3} ms ({:.2}x hearth, {:.2}x candle)", t * 1e3, t_ours / t, t_theirs / t)
                 }
                 None => String::new(),

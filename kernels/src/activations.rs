@@ -1,5 +1,5 @@
 //! Activations quantized to 8 bits per value, as ggml does before a quantized matmul: blocks
-//! of 32 (scale rounded through f16 like ggml's `Q8_0`, round half away from zero) for the
+//! of 32 (scale rounded through f16 like ggml's `Q8_0`, round half to even as its SIMD paths do) for the
 //! 32-weight types, blocks of 256 (ggml's `Q8_K`: scale `max / -127`, round half to even)
 //! for the k-quants. Each block also keeps the sums of its quants that the offset terms need.
 
@@ -109,14 +109,58 @@ impl QuantizedActivations {
     }
 }
 
+/// Whether the AVX2 quantizers of `x86` run here (they give the scalar loops' values exactly).
+fn simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::Isa::detect() != crate::Isa::portable()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 fn quantize_row_32(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i16]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        for (((x, qs), scale), sum) in x.chunks_exact(32).zip(qs.chunks_exact_mut(32)).zip(scales).zip(sums) {
+            // SAFETY: `simd()` is true only where `x86::available()` said yes.
+            #[allow(unsafe_code)]
+            let (d, total) = unsafe { crate::x86::quantize_block_32(x, qs) };
+            *scale = half::f16::from_f32(d).to_f32();
+            *sum = total;
+        }
+        return;
+    }
+    quantize_row_32_scalar(x, qs, scales, sums);
+}
+
+fn quantize_row_256(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i16]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        for (((x, qs), scale), sums) in
+            x.chunks_exact(256).zip(qs.chunks_exact_mut(256)).zip(scales).zip(sums.chunks_exact_mut(16))
+        {
+            // SAFETY: `simd()` is true only where `x86::available()` said yes.
+            #[allow(unsafe_code)]
+            let d = unsafe { crate::x86::quantize_block_256(x, qs, sums) };
+            *scale = d;
+        }
+        return;
+    }
+    quantize_row_256_scalar(x, qs, scales, sums);
+}
+
+/// The plain loop for blocks of 32; rounds half to even, as ggml's SIMD quantizers do.
+pub(crate) fn quantize_row_32_scalar(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i16]) {
     for (((x, qs), scale), sum) in x.chunks_exact(32).zip(qs.chunks_exact_mut(32)).zip(scales).zip(sums) {
         let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
         let mut total = 0i16;
         for (q, &v) in qs.iter_mut().zip(x) {
-            *q = (v * inverse).round() as i8;
+            *q = (v * inverse).round_ties_even() as i8;
             total += i16::from(*q);
         }
         // ggml stores this scale as f16; rounding it the same way keeps products identical.
@@ -125,7 +169,8 @@ fn quantize_row_32(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i16
     }
 }
 
-fn quantize_row_256(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i16]) {
+/// The plain loop for blocks of 256 (ggml's `quantize_row_q8_K`).
+pub(crate) fn quantize_row_256_scalar(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i16]) {
     for (((x, qs), scale), sums) in
         x.chunks_exact(256).zip(qs.chunks_exact_mut(256)).zip(scales).zip(sums.chunks_exact_mut(16))
     {

@@ -166,8 +166,8 @@ pub struct QuantizedMatrix {
     cols: usize,
     /// The GGUF blocks, row after row (empty once `tiled` holds the weights).
     data: Vec<u8>,
-    /// The weights in 16-row tiles instead (Q8_0 on AVX-512 VNNI; see `tiles`).
-    tiled: Option<tiles::TiledQ8>,
+    /// The weights in 16-row tiles instead (Q8_0, Q4_K and Q6_K on AVX-512 VNNI; see `tiles`).
+    tiled: Option<tiles::Tiles>,
 }
 
 impl std::fmt::Debug for QuantizedMatrix {
@@ -203,23 +203,23 @@ impl QuantizedMatrix {
         Ok(())
     }
 
-    /// The same matrix in 16-row tiles (Q8_0 only, rows a multiple of 16), whatever the CPU:
-    /// AVX-512 VNNI multiplies them several times faster than the row layout; elsewhere a
-    /// scalar loop does, slowly. [`into_fastest`](Self::into_fastest) tiles only where it pays.
+    /// The same matrix in 16-row tiles (Q8_0, Q4_K or Q6_K, rows a multiple of 16), whatever
+    /// the CPU: AVX-512 VNNI multiplies them several times faster than the row layout; elsewhere
+    /// a scalar loop does, slowly. [`into_fastest`](Self::into_fastest) tiles only where it pays.
     pub fn into_tiled(self) -> Result<Self, KernelError> {
-        tiles::TiledQ8::refusal(self.ty, self.rows).map_or_else(|| Ok(self.tile()), |why| Err(KernelError::Tiles(why)))
+        tiles::Tiles::refusal(self.ty, self.rows).map_or_else(|| Ok(self.tile()), |why| Err(KernelError::Tiles(why)))
     }
 
-    /// Whether a `ty` matrix of `rows` rows gets tiles on this CPU.
-    fn tiles_pay(ty: WeightType, rows: usize) -> bool {
-        tiles::TiledQ8::refusal(ty, rows).is_none() && tiles::TiledQ8::accelerated()
+    /// Whether a `ty` matrix of `rows` rows gets tiles on this CPU ([`into_fastest`](Self::into_fastest)).
+    pub fn tiles_pay(ty: WeightType, rows: usize) -> bool {
+        tiles::Tiles::refusal(ty, rows).is_none() && tiles::Tiles::accelerated()
     }
 
     fn tile(self) -> Self {
         if self.tiled.is_some() {
             return self;
         }
-        let tiled = tiles::TiledQ8::from_blocks(self.rows, self.cols, &self.data);
+        let tiled = tiles::Tiles::from_blocks(self.ty, self.rows, self.cols, &self.data);
         Self { data: Vec::new(), tiled: Some(tiled), ..self }
     }
 
@@ -237,13 +237,13 @@ impl QuantizedMatrix {
             return Self::new(ty, rows, cols, data.into_owned());
         }
         Self::check(ty, rows, cols, data.len())?;
-        let tiled = tiles::TiledQ8::from_blocks(rows, cols, &data);
+        let tiled = tiles::Tiles::from_blocks(ty, rows, cols, &data);
         Ok(Self { ty, rows, cols, data: Vec::new(), tiled: Some(tiled) })
     }
 
     /// Whether this CPU multiplies tiled matrices with AVX-512 VNNI.
     pub fn tiles_accelerated() -> bool {
-        tiles::TiledQ8::accelerated()
+        tiles::Tiles::accelerated()
     }
 
     /// Whether the weights are in 16-row tiles.
@@ -268,7 +268,7 @@ impl QuantizedMatrix {
 
     /// Bytes of weights.
     pub fn bytes(&self) -> usize {
-        self.tiled.as_ref().map_or(self.data.len(), tiles::TiledQ8::bytes)
+        self.tiled.as_ref().map_or(self.data.len(), tiles::Tiles::bytes)
     }
 
     fn row_bytes(&self) -> usize {
@@ -326,6 +326,61 @@ impl QuantizedMatrix {
         }
         let acts = QuantizedActivations::quantize_on(par, x, m, self.cols, self.ty.activation_blocks());
         self.multiply(par, isa, &acts, out);
+        Ok(())
+    }
+
+    /// `outs[j] = x · W_jᵀ` for matrices `mats` of the same columns (a layer's q, k and v
+    /// projections, or its gate and up): the activations are quantized once per block form and
+    /// the tiled matrices' tasks run as one parallel pass on `par` (one synchronization instead
+    /// of one per matrix); matrices without tiles are multiplied one after another.
+    pub fn matmul_group_on(
+        par: &dyn Parallel,
+        isa: Isa,
+        x: &[f32],
+        m: usize,
+        mats: &[&QuantizedMatrix],
+        outs: &mut [&mut [f32]],
+    ) -> Result<(), KernelError> {
+        if mats.len() != outs.len() {
+            return Err(KernelError::Shape { what: "matmul group outputs", expected: mats.len(), found: outs.len() });
+        }
+        for (matrix, out) in mats.iter().zip(outs.iter()) {
+            if x.len() != m * matrix.cols {
+                return Err(KernelError::Shape { what: "matmul input", expected: m * matrix.cols, found: x.len() });
+            }
+            if out.len() != m * matrix.rows {
+                return Err(KernelError::Shape { what: "matmul output", expected: m * matrix.rows, found: out.len() });
+            }
+        }
+        let Some(cols) = mats.first().map(|w| w.cols) else {
+            return Ok(());
+        };
+        if m == 0 {
+            return Ok(());
+        }
+        let mut quantized: Vec<QuantizedActivations> = Vec::with_capacity(2);
+        for matrix in mats {
+            let blocks = matrix.ty.activation_blocks();
+            if !quantized.iter().any(|a| a.blocks() == blocks) {
+                quantized.push(QuantizedActivations::quantize_on(par, x, m, cols, blocks));
+            }
+        }
+        let acts_for = |matrix: &QuantizedMatrix| -> &QuantizedActivations {
+            let blocks = matrix.ty.activation_blocks();
+            quantized.iter().find(|a| a.blocks() == blocks).unwrap_or(&quantized[0])
+        };
+        let mut jobs = Vec::with_capacity(mats.len());
+        let mut tiled_outs = Vec::with_capacity(mats.len());
+        for (matrix, out) in mats.iter().zip(outs.iter_mut()) {
+            match &matrix.tiled {
+                Some(tiles) => {
+                    jobs.push((tiles, acts_for(matrix)));
+                    tiled_outs.push(&mut **out);
+                }
+                None => matrix.multiply(par, isa, acts_for(matrix), out),
+            }
+        }
+        tiles::multiply_group(par, isa != Isa::portable(), &jobs, &mut tiled_outs);
         Ok(())
     }
 

@@ -168,6 +168,21 @@ fn the_simd_path_agrees_with_the_portable_path_on_extreme_quants() {
                         ty.name()
                     );
                 }
+                // The same row 16 times, in tiles (for the types that have them).
+                if let Ok(tiled) = QuantizedMatrix::new(ty, 16, cols, w.repeat(16)).unwrap().into_tiled() {
+                    for isa in [isa, Isa::portable()] {
+                        let mut out = [0.0f32; 16];
+                        tiled.matmul_quantized(isa, &acts, &mut out).unwrap();
+                        for got in out {
+                            assert!(
+                                (f64::from(got) - exact).abs() <= 1e-5 * magnitude + 1e-6,
+                                "tiled {} on {} fill {fill:#x} value {value}: got {got}, exact {exact}",
+                                ty.name(),
+                                isa.name()
+                            );
+                        }
+                    }
+                }
             }
         }
     }
@@ -298,39 +313,44 @@ fn every_batch_size_gives_each_row_what_it_gets_alone() {
 }
 
 #[test]
-fn tiled_q8_0_gives_what_the_row_kernels_give() {
-    eprintln!("tiled kernel accelerated (AVX-512 VNNI): {}", QuantizedMatrix::tiles_accelerated());
+fn tiled_matrices_give_what_the_row_kernels_give() {
+    eprintln!("tiled kernels accelerated (AVX-512 VNNI): {}", QuantizedMatrix::tiles_accelerated());
     let mut rng = StdRng::seed_from_u64(21);
-    let (rows, cols) = (48, 640);
-    let w = random_blocks(WeightType::Q8_0, rows * cols / 32, &mut rng);
-    let w_bytes = w.clone();
-    let matrix = QuantizedMatrix::new(WeightType::Q8_0, rows, cols, w).unwrap();
-    let tiled = matrix.clone().into_tiled().unwrap();
-    assert!(tiled.is_tiled() && !matrix.is_tiled());
-    let fastest = QuantizedMatrix::new_fastest(WeightType::Q8_0, rows, cols, Cow::Borrowed(&w_bytes)).unwrap();
-    assert_eq!(fastest.is_tiled(), QuantizedMatrix::tiles_accelerated());
-    for m in [1, 3, 4, 9] {
-        let x = random_activations(m * cols, &mut rng);
-        let mut expected = vec![0.0f32; m * rows];
-        matrix.matmul_with(Isa::portable(), &x, m, &mut expected).unwrap();
-        // The detected path (VNNI where the CPU has it) and the scalar loop over the tiles.
-        for (which, isa) in [(&tiled, Isa::detect()), (&tiled, Isa::portable()), (&fastest, Isa::detect())] {
-            let mut got = vec![0.0f32; m * rows];
-            which.matmul_with(isa, &x, m, &mut got).unwrap();
-            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-                assert!(
-                    (g - e).abs() <= 1e-4 * e.abs().max(1.0),
-                    "m = {m}, {}, output {i}: tiled {g}, rows {e}",
-                    isa.name()
-                );
+    for (ty, rows, cols) in [(WeightType::Q8_0, 48, 640), (WeightType::Q4K, 48, 512), (WeightType::Q6K, 32, 768)] {
+        let w = random_blocks(ty, rows * cols / ty.block_values(), &mut rng);
+        let w_bytes = w.clone();
+        let matrix = QuantizedMatrix::new(ty, rows, cols, w).unwrap();
+        let tiled = matrix.clone().into_tiled().unwrap();
+        assert!(tiled.is_tiled() && !matrix.is_tiled());
+        // Same bytes as GGUF, but Q4_K's six-bit scales and mins take a byte each.
+        let extra = if ty == WeightType::Q4K { rows * cols / 256 * 4 } else { 0 };
+        assert_eq!(tiled.bytes(), matrix.bytes() + extra, "{}", ty.name());
+        let fastest = QuantizedMatrix::new_fastest(ty, rows, cols, Cow::Borrowed(&w_bytes)).unwrap();
+        assert_eq!(fastest.is_tiled(), QuantizedMatrix::tiles_accelerated());
+        for m in [1, 3, 4, 9] {
+            let x = random_activations(m * cols, &mut rng);
+            let mut expected = vec![0.0f32; m * rows];
+            matrix.matmul_with(Isa::portable(), &x, m, &mut expected).unwrap();
+            // The detected path (VNNI where the CPU has it) and the scalar loop over the tiles.
+            for (which, isa) in [(&tiled, Isa::detect()), (&tiled, Isa::portable()), (&fastest, Isa::detect())] {
+                let mut got = vec![0.0f32; m * rows];
+                which.matmul_with(isa, &x, m, &mut got).unwrap();
+                for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                    assert!(
+                        (g - e).abs() <= 1e-4 * e.abs().max(1.0),
+                        "{} m = {m}, {}, output {i}: tiled {g}, rows {e}",
+                        ty.name(),
+                        isa.name()
+                    );
+                }
             }
         }
-    }
-    let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
-    for row in [0, 17, 47] {
-        matrix.dequantize_row(row, &mut a).unwrap();
-        tiled.dequantize_row(row, &mut b).unwrap();
-        assert_eq!(a, b, "row {row}");
+        let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
+        for row in [0, 17, rows - 1] {
+            matrix.dequantize_row(row, &mut a).unwrap();
+            tiled.dequantize_row(row, &mut b).unwrap();
+            assert_eq!(a, b, "{} row {row}", ty.name());
+        }
     }
     let odd = QuantizedMatrix::new(WeightType::Q8_0, 17, 64, vec![0; 17 * 2 * 34]).unwrap();
     assert_eq!(odd.clone().into_tiled().unwrap_err().to_string(), "tiles need a multiple of 16 rows");
@@ -339,5 +359,84 @@ fn tiled_q8_0_gives_what_the_row_kernels_give() {
         QuantizedMatrix::new_fastest(WeightType::Q8_0, 16, 64, Cow::Borrowed(&[0; 100])).unwrap_err().to_string();
     assert_eq!(short, "a 16 x 64 Q8_0 matrix takes 1088 bytes, found 100");
     let q4 = QuantizedMatrix::new(WeightType::Q4_0, 16, 32, vec![0; 16 * 18]).unwrap();
-    assert_eq!(q4.into_tiled().unwrap_err().to_string(), "only Q8_0 matrices are tiled");
+    assert_eq!(q4.into_tiled().unwrap_err().to_string(), "only Q8_0, Q4_K and Q6_K matrices are tiled");
+}
+
+#[test]
+fn a_group_gives_each_matrix_what_it_gets_alone() {
+    let mut rng = StdRng::seed_from_u64(31);
+    let cols = 512;
+    // Tiled k-quants and Q8_0 beside a Q5_0 matrix that has no tiles and a Q4_K one whose 40
+    // rows are not whole tiles: activations of both block forms, both paths.
+    let mats: Vec<QuantizedMatrix> = [
+        (WeightType::Q4K, 48),
+        (WeightType::Q6K, 32),
+        (WeightType::Q8_0, 64),
+        (WeightType::Q5_0, 24),
+        (WeightType::Q4K, 40),
+    ]
+    .into_iter()
+    .map(|(ty, rows)| {
+        let data = random_blocks(ty, rows * cols / ty.block_values(), &mut rng);
+        QuantizedMatrix::new(ty, rows, cols, data).unwrap().into_fastest()
+    })
+    .collect();
+    let refs: Vec<&QuantizedMatrix> = mats.iter().collect();
+    for m in [1, 5] {
+        let x = random_activations(m * cols, &mut rng);
+        let mut outs: Vec<Vec<f32>> = mats.iter().map(|w| vec![f32::NAN; m * w.rows()]).collect();
+        let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+        QuantizedMatrix::matmul_group_on(&Rayon, Isa::detect(), &x, m, &refs, &mut views).unwrap();
+        for (matrix, got) in mats.iter().zip(&outs) {
+            let mut alone = vec![0.0f32; m * matrix.rows()];
+            matrix.matmul(&x, m, &mut alone).unwrap();
+            assert_eq!(got, &alone, "{} x {} m = {m}", matrix.weight_type().name(), matrix.rows());
+        }
+    }
+    let mut short = [0.0f32; 3];
+    let err =
+        QuantizedMatrix::matmul_group_on(&Rayon, Isa::detect(), &[0.0; 512], 1, &refs[..1], &mut [&mut short[..]])
+            .unwrap_err();
+    assert_eq!(err.to_string(), "matmul output: expected 48 values, found 3");
+}
+
+#[test]
+fn the_simd_quantizers_give_the_scalar_loops_values() {
+    let mut rng = StdRng::seed_from_u64(41);
+    let k = 1024;
+    let mut rows: Vec<Vec<f32>> = (0..6).map(|_| random_activations(k, &mut rng)).collect();
+    // Halves of a step (ties), zeros, one block all zero, a largest value that is negative and
+    // one whose magnitude appears with both signs.
+    rows.push((0..k).map(|i| (i % 255) as f32 * 0.5 - 63.5).collect());
+    rows.push((0..k).map(|i| if i < 256 { 0.0 } else { (i % 7) as f32 - 3.0 }).collect());
+    rows.push(
+        (0..k)
+            .map(|i| {
+                if i % 256 == 9 {
+                    -40.0
+                } else if i % 256 == 10 {
+                    40.0
+                } else {
+                    1.0
+                }
+            })
+            .collect(),
+    );
+    for x in &rows {
+        let (bs32, bs256) = (k / 32, k / 256);
+        let (mut q, mut s, mut sums) = (vec![0i8; k], vec![0f32; bs32], vec![0i16; bs32]);
+        let (mut qr, mut sr, mut sumsr) = (vec![0i8; k], vec![0f32; bs32], vec![0i16; bs32]);
+        activations::quantize_row_32_scalar(x, &mut qr, &mut sr, &mut sumsr);
+        let acts = QuantizedActivations::quantize(x, 1, k, ActivationBlocks::Of32);
+        let row = acts.row(0);
+        q.copy_from_slice(row.qs);
+        s.copy_from_slice(row.scales);
+        sums.copy_from_slice(row.sums);
+        assert_eq!((&q, &s, &sums), (&qr, &sr, &sumsr), "blocks of 32");
+        let (mut qr, mut sr, mut sumsr) = (vec![0i8; k], vec![0f32; bs256], vec![0i16; k / 16]);
+        activations::quantize_row_256_scalar(x, &mut qr, &mut sr, &mut sumsr);
+        let acts = QuantizedActivations::quantize(x, 1, k, ActivationBlocks::Of256);
+        let row = acts.row(0);
+        assert_eq!((row.qs, row.scales, row.sums), (&qr[..], &sr[..], &sumsr[..]), "blocks of 256");
+    }
 }

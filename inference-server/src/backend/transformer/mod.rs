@@ -152,6 +152,37 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `x · Wᵀ` for several matrices of the same input. When all are Hearth's, one call of
+    /// its kernels: the input is quantized once and the matrices' tasks run as one parallel
+    /// pass (decode does one such pass for q, k and v and one for gate and up, instead of five).
+    fn forward_group<const N: usize>(ws: [&Linear; N], x: &Tensor) -> candle_core::Result<[Tensor; N]> {
+        let mats: Option<Vec<&QuantizedMatrix>> = ws
+            .iter()
+            .map(|w| match w {
+                Linear::Kernel(m) => Some(&**m),
+                Linear::Candle { .. } => None,
+            })
+            .collect();
+        let ys: Vec<Tensor> = match mats {
+            Some(mats) => {
+                let rows = x.dims2()?.0;
+                let input = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let mut outs: Vec<Vec<f32>> = mats.iter().map(|w| vec![0.0f32; rows * w.rows()]).collect();
+                let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+                QuantizedMatrix::matmul_group_on(&CandlePool, Isa::detect(), &input, rows, &mats, &mut views)
+                    .map_err(candle_core::Error::wrap)?;
+                outs.into_iter()
+                    .zip(&mats)
+                    .map(|(out, w)| Tensor::from_vec(out, (rows, w.rows()), x.device()))
+                    .collect::<candle_core::Result<_>>()?
+            }
+            None => ws.iter().map(|w| w.forward(x)).collect::<candle_core::Result<_>>()?,
+        };
+        ys.try_into().map_err(|_| candle_core::Error::Msg("matmul group: wrong number of outputs".into()))
+    }
+}
+
 /// candle's CPU thread pool, for Hearth's kernels: its workers spin for a while after each of
 /// candle's operators, so kernels on a second pool (rayon's) would fight them for the cores
 /// (measured: decode 15% slower on two cores).
@@ -192,7 +223,8 @@ impl Embedding {
 pub enum CpuMatmul {
     /// What measured fastest here (`kernels/benches/matmul.rs`): Hearth's kernels for Q4_0,
     /// Q4_1 and Q8_0, and for Q5_0 re-encoded to Q8_0 (exact; Hearth's Q5_0 kernel is slower
-    /// for one row); candle's for the k-quants, where candle's are faster.
+    /// for one row); for the k-quants Hearth's 16-row tiles where the CPU has AVX-512 VNNI,
+    /// candle's kernels elsewhere (faster than Hearth's row-at-a-time ones).
     Auto,
     /// Hearth's kernels for every type they cover, each as stored (Q5_0, Q4_K and Q6_K too).
     Hearth,
@@ -220,9 +252,10 @@ impl CpuMatmul {
         }
     }
 
-    /// How a weight stored as `dtype` goes to Hearth's kernels under this choice: the kernel
-    /// type, and whether the blocks are first re-encoded Q5_0 → Q8_0. `None`: candle's.
-    fn kernel_type(self, dtype: GgmlDType) -> Option<(WeightType, bool)> {
+    /// How a weight stored as `dtype` with `rows` rows goes to Hearth's kernels under this
+    /// choice: the kernel type, and whether the blocks are first re-encoded Q5_0 → Q8_0.
+    /// `None`: candle's.
+    fn kernel_type(self, dtype: GgmlDType, rows: usize) -> Option<(WeightType, bool)> {
         let ty = match dtype {
             GgmlDType::Q4_0 => WeightType::Q4_0,
             GgmlDType::Q4_1 => WeightType::Q4_1,
@@ -233,7 +266,8 @@ impl CpuMatmul {
             _ => return None,
         };
         match (self, ty) {
-            (Self::Candle, _) | (Self::Auto, WeightType::Q4K | WeightType::Q6K) => None,
+            (Self::Candle, _) => None,
+            (Self::Auto, WeightType::Q4K | WeightType::Q6K) if !QuantizedMatrix::tiles_pay(ty, rows) => None,
             (Self::Auto, WeightType::Q5_0) => Some((WeightType::Q8_0, true)),
             _ => Some((ty, false)),
         }
@@ -410,12 +444,12 @@ impl<R: Read + Seek> Loader<'_, R> {
         if self.precision != WeightPrecision::Quantized || !self.device.is_cpu() {
             return Ok(None);
         }
-        let Some((ty, widen)) = self.cpu_matmul.kernel_type(weight.dtype()) else {
+        let (rows, cols) = weight.shape().dims2()?;
+        let Some((ty, widen)) = self.cpu_matmul.kernel_type(weight.dtype(), rows) else {
             return Ok(None);
         };
-        let (rows, cols) = weight.shape().dims2()?;
-        // Q8_0 in 16-row tiles where the CPU has AVX-512 VNNI (2-4x faster; same bytes), built
-        // from the tensor's bytes without another copy of the blocks.
+        // Q8_0, Q4_K and Q6_K in 16-row tiles where the CPU has AVX-512 VNNI (several times
+        // faster; about the same bytes), built from the tensor's bytes without another copy.
         let data = weight.data()?;
         let data = if widen { std::borrow::Cow::Owned(transcode::q5_0_to_q8_0(&data)?) } else { data };
         let matrix =
@@ -634,7 +668,8 @@ impl QuantizedTransformer {
             x = (x + attn)?;
 
             let h = layer.ffn_norm.forward(&x)?;
-            let gated = self.gated(&layer.gate.forward(&h)?, &layer.up.forward(&h)?)?;
+            let [gate, up] = Linear::forward_group([&layer.gate, &layer.up], &h)?;
+            let gated = self.gated(&gate, &up)?;
             let mut mlp = layer.down.forward(&gated)?;
             if let Some(norm) = &layer.post_ffn_norm {
                 mlp = norm.forward(&mlp)?;
@@ -719,16 +754,16 @@ impl QuantizedTransformer {
         let groups = heads / kv_heads;
         let rows = h.dim(0)?;
 
-        let project = |w: &Linear, bias: &Option<Tensor>| -> candle_core::Result<Tensor> {
-            let y = w.forward(h)?;
+        let add_bias = |y: Tensor, bias: &Option<Tensor>| -> candle_core::Result<Tensor> {
             match bias {
                 Some(b) => y.broadcast_add(b),
                 None => Ok(y),
             }
         };
-        let mut q = project(&layer.q, &layer.q_bias)?.reshape((rows, heads, hd))?;
-        let mut k = project(&layer.k, &layer.k_bias)?.reshape((rows, kv_heads, hd))?;
-        let v = project(&layer.v, &layer.v_bias)?.reshape((rows, kv_heads, hd))?;
+        let [q, k, v] = Linear::forward_group([&layer.q, &layer.k, &layer.v], h)?;
+        let mut q = add_bias(q, &layer.q_bias)?.reshape((rows, heads, hd))?;
+        let mut k = add_bias(k, &layer.k_bias)?.reshape((rows, kv_heads, hd))?;
+        let v = add_bias(v, &layer.v_bias)?.reshape((rows, kv_heads, hd))?;
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
