@@ -82,7 +82,7 @@ fn main() {
         ("qwen2.5-1.5b ffn_down", WeightType::Q6K, 1536, 8960),
         ("qwen2.5-1.5b attn_q/output", WeightType::Q4K, 1536, 1536),
         ("qwen2.5-1.5b output", WeightType::Q6K, 151_936, 1536),
-        ("qwen2.5-1.5b token_embd as output", WeightType::Q4K, 151_936, 1536),
+        ("a Q4_K output of qwen2.5-1.5b size", WeightType::Q4K, 151_936, 1536),
     ];
     let threads = candle_core::utils::get_num_threads();
     let isa = Isa::detect();

@@ -27,7 +27,9 @@
 //! AVX-512 VNNI; elsewhere a scalar loop over the same layout keeps it correct (and testable).
 
 use crate::activations::{QuantizedActivations, Row};
-use crate::blocks::{WeightType, f16_at, q4k_scale_min, q6k_quant};
+use crate::blocks::{WeightType, f16_at, q4k_scale_min};
+use rayon::prelude::*;
+
 use crate::{Parallel, for_each_part};
 
 /// Rows per tile.
@@ -87,13 +89,15 @@ impl Tiles {
         debug_assert!(Self::refusal(ty, rows).is_none() && data.len() == rows * blocks * ty.block_bytes());
         let unit = unit_bytes(ty);
         let mut tiled = vec![0u8; rows / TILE_ROWS * blocks * unit];
-        for (row, row_blocks) in data.chunks_exact(blocks * ty.block_bytes()).enumerate() {
-            let (t, r) = (row / TILE_ROWS, row % TILE_ROWS);
-            for (b, block) in row_blocks.chunks_exact(ty.block_bytes()).enumerate() {
-                let at = (t * blocks + b) * unit;
-                pack(ty, block, r, &mut tiled[at..at + unit]);
+        // Tiles are independent: one rayon task each (loading Qwen2.5-1.5B packs 1.3 G weights).
+        let row_bytes = blocks * ty.block_bytes();
+        tiled.par_chunks_mut(blocks * unit).zip(data.par_chunks(TILE_ROWS * row_bytes)).for_each(|(tile, source)| {
+            for (r, row_blocks) in source.chunks_exact(row_bytes).enumerate() {
+                for (b, block) in row_blocks.chunks_exact(ty.block_bytes()).enumerate() {
+                    pack(ty, block, r, &mut tile[b * unit..(b + 1) * unit]);
+                }
             }
-        }
+        });
         Self { ty, rows, cols, data: tiled }
     }
 
@@ -229,7 +233,8 @@ pub(crate) fn multiply_group(
     }
 }
 
-/// Writes row `r`'s share of one GGUF `block` into its tile `unit`.
+/// Writes row `r`'s share of one GGUF `block` into its tile `unit`: the block's quants are
+/// decoded into one array first (loops the compiler vectorises), then written a byte at a time.
 fn pack(ty: WeightType, block: &[u8], r: usize, unit: &mut [u8]) {
     match ty {
         WeightType::Q4K => {
@@ -240,24 +245,40 @@ fn pack(ty: WeightType, block: &[u8], r: usize, unit: &mut [u8]) {
                 unit[Q4K_SCALES + 16 * s + r] = sc;
                 unit[q4k_min_at(s, r)] = m;
             }
-            let qs = &block[16..144];
-            for k in 0..256 {
-                let (chunk, l) = (k / 64, k % 64);
-                let byte = qs[32 * chunk + l % 32];
-                let q = if l < 32 { byte & 0x0F } else { byte >> 4 };
-                put_nibble(unit, r, k, q);
+            // GGUF: byte 32c + l holds weight 64c + l (low nibble) and 64c + 32 + l (high).
+            let mut q = [0u8; 256];
+            for (c, bytes) in block[16..144].chunks_exact(32).enumerate() {
+                for (l, &byte) in bytes.iter().enumerate() {
+                    q[64 * c + l] = byte & 0x0F;
+                    q[64 * c + 32 + l] = byte >> 4;
+                }
             }
+            pack_nibbles(&q, r, unit);
         }
         WeightType::Q6K => {
             unit[Q6K_D + 2 * r..Q6K_D + 2 * r + 2].copy_from_slice(&block[208..210]);
             for s in 0..16 {
                 unit[Q6K_SCALES + 16 * s + r] = block[192 + s];
             }
-            for k in 0..256 {
-                let (q, _) = q6k_quant(block, k);
-                put_nibble(unit, r, k, (q & 0x0F) as u8);
-                let (p, i, j) = (k / 16, k % 16 / 4, k % 4);
-                unit[Q6K_HIGH + lane(p, r, j)] |= ((q >> 4) as u8) << (2 * i);
+            // GGUF: per 128 weights, 64 bytes of low nibbles and 32 of high bit pairs (ggml's
+            // `dequantize_row_q6_K`; the same as `blocks::q6k_quant`).
+            let mut q = [0u8; 256];
+            for half in 0..2 {
+                let (ql, qh) = (&block[64 * half..64 * half + 64], &block[128 + 32 * half..160 + 32 * half]);
+                for l in 0..32 {
+                    let at = 128 * half + l;
+                    q[at] = (ql[l] & 0x0F) | (qh[l] & 3) << 4;
+                    q[at + 32] = (ql[l + 32] & 0x0F) | ((qh[l] >> 2) & 3) << 4;
+                    q[at + 64] = (ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4;
+                    q[at + 96] = (ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4;
+                }
+            }
+            pack_nibbles(&q, r, unit);
+            for p in 0..16 {
+                for j in 0..4 {
+                    let high = (0..4).fold(0u8, |acc, i| acc | (q[16 * p + 4 * i + j] >> 4) << (2 * i));
+                    unit[Q6K_HIGH + lane(p, r, j)] = high;
+                }
             }
         }
         _ => {
@@ -269,11 +290,14 @@ fn pack(ty: WeightType, block: &[u8], r: usize, unit: &mut [u8]) {
     }
 }
 
-/// Weight `k` (0..256) of row `r` goes to byte `64p + 4r + j` of the nibble area: `p = k / 8`,
-/// `j = k % 4`, the high nibble when `k % 8 >= 4`.
-fn put_nibble(unit: &mut [u8], r: usize, k: usize, q: u8) {
-    let at = lane(k / 8, r, k % 4);
-    unit[at] |= if k % 8 < 4 { q } else { q << 4 };
+/// The low four bits of weights `8p + j` and `8p + 4 + j` of `q` (0..256) into byte
+/// `64p + 4r + j` of the nibble area.
+fn pack_nibbles(q: &[u8; 256], r: usize, unit: &mut [u8]) {
+    for p in 0..32 {
+        for j in 0..4 {
+            unit[lane(p, r, j)] = (q[8 * p + j] & 0x0F) | (q[8 * p + 4 + j] & 0x0F) << 4;
+        }
+    }
 }
 
 fn nibble(unit: &[u8], r: usize, k: usize) -> i32 {
