@@ -110,15 +110,9 @@ impl QuantizedActivations {
 }
 
 /// Whether the AVX2 quantizers of `x86` run here (they give the scalar loops' values exactly).
+#[cfg(target_arch = "x86_64")]
 fn simd() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        crate::Isa::detect() != crate::Isa::portable()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::Isa::detect() != crate::Isa::portable()
 }
 
 fn quantize_row_32(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i16]) {
