@@ -316,7 +316,12 @@ fn every_batch_size_gives_each_row_what_it_gets_alone() {
 fn tiled_matrices_give_what_the_row_kernels_give() {
     eprintln!("tiled kernels accelerated (AVX-512 VNNI): {}", QuantizedMatrix::tiles_accelerated());
     let mut rng = StdRng::seed_from_u64(21);
-    for (ty, rows, cols) in [(WeightType::Q8_0, 48, 640), (WeightType::Q4K, 48, 512), (WeightType::Q6K, 32, 768)] {
+    for (ty, rows, cols) in [
+        (WeightType::Q8_0, 48, 640),
+        (WeightType::Q5_0, 32, 640),
+        (WeightType::Q4K, 48, 512),
+        (WeightType::Q6K, 32, 768),
+    ] {
         let w = random_blocks(ty, rows * cols / ty.block_values(), &mut rng);
         let w_bytes = w.clone();
         let matrix = QuantizedMatrix::new(ty, rows, cols, w).unwrap();
@@ -359,7 +364,7 @@ fn tiled_matrices_give_what_the_row_kernels_give() {
         QuantizedMatrix::new_fastest(WeightType::Q8_0, 16, 64, Cow::Borrowed(&[0; 100])).unwrap_err().to_string();
     assert_eq!(short, "a 16 x 64 Q8_0 matrix takes 1088 bytes, found 100");
     let q4 = QuantizedMatrix::new(WeightType::Q4_0, 16, 32, vec![0; 16 * 18]).unwrap();
-    assert_eq!(q4.into_tiled().unwrap_err().to_string(), "only Q8_0, Q4_K and Q6_K matrices are tiled");
+    assert_eq!(q4.into_tiled().unwrap_err().to_string(), "only Q8_0, Q5_0, Q4_K and Q6_K matrices are tiled");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Weights re-laid out in tiles of 16 rows for AVX-512 VNNI: one `vpdpbusd` multiplies four
 //! weights of each of 16 rows by the same four activations, so each activation load serves 16
 //! output rows instead of one (the row-at-a-time kernels in `x86` load every activation once per
-//! weight row). `Q8_0`, `Q4_K` and `Q6_K` are tiled; each takes as many bytes as in GGUF (`Q4_K`
+//! weight row). `Q8_0`, `Q5_0`, `Q4_K` and `Q6_K` are tiled; each takes as many bytes as in GGUF (`Q4_K`
 //! 4 bytes more per row and 256 weights, its scales unpacked to whole bytes), so a tiled matrix
 //! replaces its blocks instead of sitting beside them.
 //!
@@ -11,6 +11,11 @@
 //! - **`Q8_0`** (32 columns, 544 bytes): `[0, 512)` quants, byte `64g + 4r + j` = weight
 //!   `4g + j` of row `r` plus 128 (unsigned, as `vpdpbusd` wants; `Σ (q + 128)·a = Σ q·a +
 //!   128 Σ a`, and the activation block's sum is at hand); `[512, 544)` the 16 rows' f16 scales.
+//! - **`Q5_0`** (32 columns, 352 bytes): `[0, 256)` the low four bits of each quant, packed as
+//!   `Q4_K`'s below; `[256, 320)` the fifth bits, one 64-bit mask per group of four columns
+//!   `g` at `256 + 8g` whose bit `4r + j` belongs to weight `4g + j` of row `r` (AVX-512BW
+//!   turns a mask into bytes in one instruction); `[320, 352)` the rows' f16 `d`.
+//!   Weight = `d·(q − 16)`.
 //! - **`Q4_K`** (256 columns, 2368 bytes): `[0, 2048)` quants, byte `64p + 4r + j` holds weight
 //!   `8p + j` of row `r` in its low nibble and weight `8p + 4 + j` in its high nibble (one load,
 //!   two `vpdpbusd` operands); `[2048, 2176)` the six-bit scale of sub-block `s` (32 weights)
@@ -27,7 +32,7 @@
 //! AVX-512 VNNI; elsewhere a scalar loop over the same layout keeps it correct (and testable).
 
 use crate::activations::{QuantizedActivations, Row};
-use crate::blocks::{WeightType, f16_at, q4k_scale_min};
+use crate::blocks::{WeightType, f16_at, q4k_scale_min, quant32};
 use rayon::prelude::*;
 
 use crate::{Parallel, for_each_part};
@@ -44,12 +49,15 @@ const Q4K_DMIN: usize = 2336;
 const Q6K_HIGH: usize = 2048;
 const Q6K_SCALES: usize = 3072;
 const Q6K_D: usize = 3328;
+const Q5_0_HIGH: usize = 256;
+const Q5_0_D: usize = 320;
 
 /// Bytes of one tile's unit for one block of `ty` (a type [`Tiles::refusal`] accepts).
 const fn unit_bytes(ty: WeightType) -> usize {
     match ty {
         WeightType::Q4K => 2368,
         WeightType::Q6K => 3360,
+        WeightType::Q5_0 => 352,
         _ => 544,
     }
 }
@@ -73,8 +81,8 @@ pub(crate) struct Tiles {
 impl Tiles {
     /// Why a `ty` matrix of `rows` rows cannot be tiled, if it cannot.
     pub(crate) fn refusal(ty: WeightType, rows: usize) -> Option<&'static str> {
-        if !matches!(ty, WeightType::Q8_0 | WeightType::Q4K | WeightType::Q6K) {
-            Some("only Q8_0, Q4_K and Q6_K matrices are tiled")
+        if !matches!(ty, WeightType::Q8_0 | WeightType::Q5_0 | WeightType::Q4K | WeightType::Q6K) {
+            Some("only Q8_0, Q5_0, Q4_K and Q6_K matrices are tiled")
         } else if !rows.is_multiple_of(TILE_ROWS) {
             Some("tiles need a multiple of 16 rows")
         } else {
@@ -135,6 +143,12 @@ impl Tiles {
                     for (k, o) in out.iter_mut().enumerate() {
                         let sc = f32::from(u[Q6K_SCALES + 16 * (k / 16) + r] as i8);
                         *o = d * sc * (q6k_tiled_quant(u, r, k) - 32) as f32;
+                    }
+                }
+                WeightType::Q5_0 => {
+                    let d = f16_at(u, Q5_0_D + 2 * r);
+                    for (k, o) in out.iter_mut().enumerate() {
+                        *o = d * (q5_0_tiled_quant(u, r, k) - 16) as f32;
                     }
                 }
                 _ => {
@@ -281,6 +295,22 @@ fn pack(ty: WeightType, block: &[u8], r: usize, unit: &mut [u8]) {
                 }
             }
         }
+        WeightType::Q5_0 => {
+            unit[Q5_0_D + 2 * r..Q5_0_D + 2 * r + 2].copy_from_slice(&block[0..2]);
+            let mut q = [0u8; 256];
+            for (k, v) in q.iter_mut().take(32).enumerate() {
+                *v = quant32(WeightType::Q5_0, block, k) as u8;
+            }
+            for p in 0..4 {
+                for j in 0..4 {
+                    unit[lane(p, r, j)] = (q[8 * p + j] & 0x0F) | (q[8 * p + 4 + j] & 0x0F) << 4;
+                }
+            }
+            for k in 0..32 {
+                let bit = 4 * r + k % 4;
+                unit[Q5_0_HIGH + 8 * (k / 4) + bit / 8] |= (q[k] >> 4) << (bit % 8);
+            }
+        }
         _ => {
             unit[512 + 2 * r..512 + 2 * r + 2].copy_from_slice(&block[0..2]);
             for (k, &q) in block[2..34].iter().enumerate() {
@@ -323,6 +353,13 @@ fn q6k_tiled_quant(unit: &[u8], r: usize, k: usize) -> i32 {
     nibble(unit, r, k) | i32::from(high) << 4
 }
 
+/// Weight `k` (0..32) of row `r` of a tiled `Q5_0` unit (0..32, offset not removed).
+fn q5_0_tiled_quant(unit: &[u8], r: usize, k: usize) -> i32 {
+    let bit = 4 * r + k % 4;
+    let high = (unit[Q5_0_HIGH + 8 * (k / 4) + bit / 8] >> (bit % 8)) & 1;
+    nibble(unit, r, k) | i32::from(high) << 4
+}
+
 /// One tile against up to four activation rows.
 fn tile_dot(ty: WeightType, accelerated: bool, tile: &[u8], rows: &[Row<'_>], out: &mut [[f32; TILE_ROWS]]) {
     #[cfg(target_arch = "x86_64")]
@@ -339,6 +376,10 @@ fn tile_dot(ty: WeightType, accelerated: bool, tile: &[u8], rows: &[Row<'_>], ou
                 (WeightType::Q6K, 3) => vnni::q6k::<3>(tile, rows, out),
                 (WeightType::Q6K, 2) => vnni::q6k::<2>(tile, rows, out),
                 (WeightType::Q6K, _) => vnni::q6k::<1>(tile, rows, out),
+                (WeightType::Q5_0, 4) => vnni::q5_0::<4>(tile, rows, out),
+                (WeightType::Q5_0, 3) => vnni::q5_0::<3>(tile, rows, out),
+                (WeightType::Q5_0, 2) => vnni::q5_0::<2>(tile, rows, out),
+                (WeightType::Q5_0, _) => vnni::q5_0::<1>(tile, rows, out),
                 (_, 4) => vnni::q8_0::<4>(tile, rows, out),
                 (_, 3) => vnni::q8_0::<3>(tile, rows, out),
                 (_, 2) => vnni::q8_0::<2>(tile, rows, out),
@@ -383,6 +424,11 @@ fn scalar_unit(ty: WeightType, u: &[u8], r: usize, row: &Row<'_>, b: usize) -> f
             }
             row.scales[b] * f16_at(u, Q6K_D + 2 * r) * total as f32
         }
+        WeightType::Q5_0 => {
+            let sum: i32 = (0..32).map(|k| q5_0_tiled_quant(u, r, k) * a(k)).sum();
+            let sum = sum - 16 * i32::from(row.sums[b]);
+            f16_at(u, Q5_0_D + 2 * r) * row.scales[b] * sum as f32
+        }
         _ => {
             let sum: i32 = (0..32).map(|k| i32::from(u[lane(k / 4, r, k % 4)]) * a(k)).sum();
             let sum = sum - 128 * i32::from(row.sums[b]);
@@ -396,7 +442,7 @@ fn scalar_unit(ty: WeightType, u: &[u8], r: usize, row: &Row<'_>, b: usize) -> f
 mod vnni {
     use std::arch::x86_64::*;
 
-    use super::{Q4K_D, Q4K_DMIN, Q4K_MINS, Q4K_SCALES, Q6K_D, Q6K_HIGH, Q6K_SCALES, TILE_ROWS};
+    use super::{Q4K_D, Q4K_DMIN, Q4K_MINS, Q4K_SCALES, Q5_0_D, Q5_0_HIGH, Q6K_D, Q6K_HIGH, Q6K_SCALES, TILE_ROWS};
     use crate::activations::Row;
 
     /// How many units ahead of the one being multiplied the k-quant kernels prefetch (the Q8_0
@@ -519,6 +565,53 @@ mod vnni {
                     );
                     let scale = _mm512_mul_ps(weight_scales, _mm512_set1_ps(rows[r].scales[b]));
                     acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[r]);
+                }
+            }
+            store(out, &acc);
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX512F, AVX512BW and AVX512-VNNI ([`available`]).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn q5_0<const R: usize>(tile: &[u8], rows: &[Row<'_>], out: &mut [[f32; TILE_ROWS]]) {
+        assert!(rows_cover(rows, tile.len() / 352 * 32), "activation rows shorter than the tile's columns");
+        // SAFETY: every unchecked read below is at an offset below the 352 bytes of its unit
+        // (`chunks_exact`) or below the activation row's length (checked above); the caller
+        // guarantees the CPU features.
+        unsafe {
+            let (low, fifth) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x10));
+            let mut acc = [_mm512_setzero_ps(); R];
+            for (b, unit) in tile.chunks_exact(352).enumerate() {
+                if b % 4 == 0 {
+                    for line in 0..22 {
+                        prefetch(unit, 4 * PREFETCH_UNITS * 352 + 64 * line);
+                    }
+                }
+                let mask = |g: usize| {
+                    let m = &unit[Q5_0_HIGH + 8 * g..Q5_0_HIGH + 8 * g + 8];
+                    _mm512_and_si512(
+                        _mm512_movm_epi8(u64::from_le_bytes([m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]])),
+                        fifth,
+                    )
+                };
+                // The offset of 16 starts the even sums: Σ (q - 16)·a = Σ q·a - 16 Σ a.
+                let mut even: [__m512i; R] =
+                    std::array::from_fn(|r| _mm512_set1_epi32(-16 * i32::from(rows[r].sums[b])));
+                let mut odd = [_mm512_setzero_si512(); R];
+                for p in 0..4 {
+                    let v = load64(unit, 64 * p);
+                    let q0 = _mm512_or_si512(_mm512_and_si512(v, low), mask(2 * p));
+                    let q1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(v), low), mask(2 * p + 1));
+                    for r in 0..R {
+                        even[r] = _mm512_dpbusd_epi32(even[r], q0, broadcast4(rows[r].qs, 32 * b + 8 * p));
+                        odd[r] = _mm512_dpbusd_epi32(odd[r], q1, broadcast4(rows[r].qs, 32 * b + 8 * p + 4));
+                    }
+                }
+                let d = halves16(unit, Q5_0_D);
+                for r in 0..R {
+                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(rows[r].scales[b]));
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(even[r], odd[r])), scale, acc[r]);
                 }
             }
             store(out, &acc);

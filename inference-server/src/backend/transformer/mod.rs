@@ -221,10 +221,11 @@ impl Embedding {
 /// Which CPU matmul a quantized weight type gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuMatmul {
-    /// What measured fastest here (`kernels/benches/matmul.rs`): Hearth's kernels for Q4_0,
-    /// Q4_1 and Q8_0, and for Q5_0 re-encoded to Q8_0 (exact; Hearth's Q5_0 kernel is slower
-    /// for one row); for the k-quants Hearth's 16-row tiles where the CPU has AVX-512 VNNI,
-    /// candle's kernels elsewhere (faster than Hearth's row-at-a-time ones).
+    /// What measured fastest here (`kernels/benches/matmul.rs`): where the CPU has AVX-512
+    /// VNNI, Hearth's 16-row tiles for Q8_0, Q5_0, Q4_K and Q6_K and its row kernels for Q4_0
+    /// and Q4_1; elsewhere Hearth's row kernels for Q4_0, Q4_1, Q8_0 and Q5_0 re-encoded to
+    /// Q8_0 (exact; Hearth's Q5_0 row kernel is slower for one row) and candle's kernels for the
+    /// k-quants (faster than Hearth's row-at-a-time ones).
     Auto,
     /// Hearth's kernels for every type they cover, each as stored (Q5_0, Q4_K and Q6_K too).
     Hearth,
@@ -268,6 +269,9 @@ impl CpuMatmul {
         match (self, ty) {
             (Self::Candle, _) => None,
             (Self::Auto, WeightType::Q4K | WeightType::Q6K) if !QuantizedMatrix::tiles_pay(ty, rows) => None,
+            // Q5_0 tiles as stored where VNNI takes them; elsewhere widened to Q8_0 (exact),
+            // whose row kernel beats Hearth's Q5_0 one for a single row.
+            (Self::Auto, WeightType::Q5_0) if QuantizedMatrix::tiles_pay(ty, rows) => Some((ty, false)),
             (Self::Auto, WeightType::Q5_0) => Some((WeightType::Q8_0, true)),
             _ => Some((ty, false)),
         }
