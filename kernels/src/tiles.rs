@@ -135,7 +135,7 @@ impl Tiles {
                     for (k, o) in out.iter_mut().enumerate() {
                         let s = k / 32;
                         let (sc, m) = (f32::from(u[Q4K_SCALES + 16 * s + r]), f32::from(u[q4k_min_at(s, r)]));
-                        *o = d * sc * q4k_quant(u, r, k) as f32 - dmin * m;
+                        *o = d * sc * nibble(u, r, k) as f32 - dmin * m;
                     }
                 }
                 WeightType::Q6K => {
@@ -297,15 +297,11 @@ fn pack(ty: WeightType, block: &[u8], r: usize, unit: &mut [u8]) {
         }
         WeightType::Q5_0 => {
             unit[Q5_0_D + 2 * r..Q5_0_D + 2 * r + 2].copy_from_slice(&block[0..2]);
-            let mut q = [0u8; 256];
-            for (k, v) in q.iter_mut().take(32).enumerate() {
+            let mut q = [0u8; 32];
+            for (k, v) in q.iter_mut().enumerate() {
                 *v = quant32(WeightType::Q5_0, block, k) as u8;
             }
-            for p in 0..4 {
-                for j in 0..4 {
-                    unit[lane(p, r, j)] = (q[8 * p + j] & 0x0F) | (q[8 * p + 4 + j] & 0x0F) << 4;
-                }
-            }
+            pack_nibbles(&q, r, unit);
             for k in 0..32 {
                 let bit = 4 * r + k % 4;
                 unit[Q5_0_HIGH + 8 * (k / 4) + bit / 8] |= (q[k] >> 4) << (bit % 8);
@@ -320,10 +316,10 @@ fn pack(ty: WeightType, block: &[u8], r: usize, unit: &mut [u8]) {
     }
 }
 
-/// The low four bits of weights `8p + j` and `8p + 4 + j` of `q` (0..256) into byte
-/// `64p + 4r + j` of the nibble area.
-fn pack_nibbles(q: &[u8; 256], r: usize, unit: &mut [u8]) {
-    for p in 0..32 {
+/// The low four bits of weights `8p + j` and `8p + 4 + j` of `q` (one block's quants) into
+/// byte `64p + 4r + j` of the nibble area.
+fn pack_nibbles(q: &[u8], r: usize, unit: &mut [u8]) {
+    for p in 0..q.len() / 8 {
         for j in 0..4 {
             unit[lane(p, r, j)] = (q[8 * p + j] & 0x0F) | (q[8 * p + 4 + j] & 0x0F) << 4;
         }
@@ -339,11 +335,6 @@ fn nibble(unit: &[u8], r: usize, k: usize) -> i32 {
 /// `2q` and `2q + 1` side by side per row, so that widened to i16 they form one `vpdpwssd` pair.
 const fn q4k_min_at(s: usize, r: usize) -> usize {
     Q4K_MINS + 32 * (s / 2) + 2 * r + s % 2
-}
-
-/// Weight `k` of row `r` of a tiled `Q4_K` unit (0..16).
-fn q4k_quant(unit: &[u8], r: usize, k: usize) -> i32 {
-    nibble(unit, r, k)
 }
 
 /// Weight `k` of row `r` of a tiled `Q6_K` unit as its six-bit quant (0..64, offset not removed).
@@ -407,7 +398,7 @@ fn scalar_unit(ty: WeightType, u: &[u8], r: usize, row: &Row<'_>, b: usize) -> f
         WeightType::Q4K => {
             let (mut scaled, mut mins) = (0i32, 0i32);
             for s in 0..8 {
-                let sum: i32 = (32 * s..32 * s + 32).map(|k| q4k_quant(u, r, k) * a(k)).sum();
+                let sum: i32 = (32 * s..32 * s + 32).map(|k| nibble(u, r, k) * a(k)).sum();
                 scaled += sum * i32::from(u[Q4K_SCALES + 16 * s + r]);
                 let asum = i32::from(row.sums[16 * b + 2 * s]) + i32::from(row.sums[16 * b + 2 * s + 1]);
                 mins += asum * i32::from(u[q4k_min_at(s, r)]);

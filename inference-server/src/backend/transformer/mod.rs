@@ -131,13 +131,9 @@ enum Linear {
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Linear::Kernel(w) => {
-                // The kernel checks the input's length against the matrix's columns.
-                let rows = x.dims2()?.0;
-                let input = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let mut out = vec![0.0f32; rows * w.rows()];
-                w.matmul_on(&CandlePool, Isa::detect(), &input, rows, &mut out).map_err(candle_core::Error::wrap)?;
-                Tensor::from_vec(out, (rows, w.rows()), x.device())
+            Linear::Kernel(_) => {
+                let [y] = Linear::forward_group([self], x)?;
+                Ok(y)
             }
             Linear::Candle { weight, block_offsets } => {
                 let y = weight.forward(x)?;
