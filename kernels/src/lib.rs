@@ -11,8 +11,10 @@
 //! whole prompt chunk or a whole decode batch, instead of one pass per row.
 
 mod activations;
+pub mod amx;
 pub mod attention;
 pub mod blocks;
+pub mod encoder;
 pub mod gated;
 mod portable;
 mod tiles;

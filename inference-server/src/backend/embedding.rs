@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::{BertModel, Config, HiddenAct};
+use hearth_kernels::Parallel;
+use hearth_kernels::encoder::{BertConfig, BertEncoder, Text};
 use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 /// Weights file in a model directory.
@@ -81,14 +83,76 @@ pub enum EmbeddingError {
     /// A text could not be tokenized.
     #[error("tokenization failed: {0}")]
     Tokenize(tokenizers::Error),
+    /// A setting (environment variable) has a value that means nothing.
+    #[error("{name}: {reason}")]
+    Setting {
+        /// The variable.
+        name: &'static str,
+        /// What was expected and what was found.
+        reason: String,
+    },
+    /// The weights do not fit Hearth's encoder (a missing tensor, a wrong shape).
+    #[error("cannot load {} into Hearth's encoder: {reason}", path.display())]
+    Encoder {
+        /// The weights file.
+        path: PathBuf,
+        /// Which tensor and what was wrong.
+        reason: String,
+    },
     /// The forward pass or the pooling failed.
     #[error("embedding forward pass failed: {0}")]
     Inference(#[from] candle_core::Error),
 }
 
+/// Which encoder runs the forward pass (`HEARTH_CPU_ENCODER`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncoderChoice {
+    /// Hearth's encoder where the CPU has AMX-BF16 (several times faster there), else candle's.
+    Auto,
+    /// Hearth's encoder: AMX tiles where the CPU has them, else its portable (slow) loops.
+    Hearth,
+    /// candle's `BertModel` (f32 throughout).
+    Candle,
+}
+
+impl EncoderChoice {
+    /// Reads `HEARTH_CPU_ENCODER` (`auto`, `hearth` or `candle`; unset means `auto`).
+    pub fn from_env() -> Result<Self, EmbeddingError> {
+        Self::parse(std::env::var("HEARTH_CPU_ENCODER").ok().as_deref())
+    }
+
+    /// Parses a `HEARTH_CPU_ENCODER` value (`None` when unset).
+    pub fn parse(value: Option<&str>) -> Result<Self, EmbeddingError> {
+        match value.map(str::trim) {
+            None | Some("" | "auto") => Ok(Self::Auto),
+            Some("hearth") => Ok(Self::Hearth),
+            Some("candle") => Ok(Self::Candle),
+            Some(other) => Err(EmbeddingError::Setting {
+                name: "HEARTH_CPU_ENCODER",
+                reason: format!("expected auto, hearth or candle, found {other:?}"),
+            }),
+        }
+    }
+}
+
+/// The forward pass: Hearth's bf16 encoder, or candle's f32 `BertModel`.
+enum Encoder {
+    Hearth(BertEncoder),
+    Candle(BertModel),
+}
+
+/// candle's CPU thread pool: Hearth's encoder runs its tasks there, as candle's own ops do.
+struct CandlePool;
+
+impl Parallel for CandlePool {
+    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+        candle_core::utils::barrier_pool().execute_chunked(tasks, |range| range.for_each(task));
+    }
+}
+
 /// A loaded sentence-embedding model: tokenizer plus BERT encoder, shareable across threads.
 pub struct EmbeddingModel {
-    model: BertModel,
+    encoder: Encoder,
     /// The tokenizer as shipped, without truncation or padding, so it measures text faithfully.
     tokenizer: Tokenizer,
     /// The same tokenizer truncating to `max_tokens` (special tokens included); pads nothing,
@@ -103,6 +167,7 @@ pub struct EmbeddingModel {
 impl std::fmt::Debug for EmbeddingModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddingModel")
+            .field("encoder", &self.encoder_name())
             .field("device", &self.device)
             .field("dimension", &self.dimension)
             .field("max_tokens", &self.max_tokens)
@@ -113,7 +178,14 @@ impl std::fmt::Debug for EmbeddingModel {
 impl EmbeddingModel {
     /// Loads `model.safetensors`, `config.json`, `tokenizer.json` (and `sentence_bert_config.json`
     /// when present) from `dir` onto `device`.
+    ///
+    /// The encoder is chosen by `HEARTH_CPU_ENCODER` (see [`EncoderChoice`]).
     pub fn load(dir: &Path, device: &Device) -> Result<Self, EmbeddingError> {
+        Self::load_with(dir, device, EncoderChoice::from_env()?)
+    }
+
+    /// [`load`](Self::load) with an explicit encoder choice.
+    pub fn load_with(dir: &Path, device: &Device, choice: EncoderChoice) -> Result<Self, EmbeddingError> {
         let config_path = dir.join(CONFIG_FILE);
         let config = read_config(&config_path)?;
         let max_tokens = resolve_max_tokens(dir, config.max_position_embeddings)?;
@@ -157,8 +229,21 @@ impl EmbeddingModel {
         }
         let tensors = candle_core::safetensors::load(&weights_path, device)
             .map_err(|source| EmbeddingError::Weights { path: weights_path.clone(), source })?;
-        let model = load_bert(tensors, &config, device)
-            .map_err(|source| EmbeddingError::Weights { path: weights_path.clone(), source })?;
+        let hearth = match choice {
+            EncoderChoice::Candle => false,
+            EncoderChoice::Hearth => true,
+            EncoderChoice::Auto => device.is_cpu() && hearth_kernels::amx::available() && hearth_supports(&config),
+        };
+        let encoder = if hearth {
+            let encoder = load_hearth(&tensors, &config)
+                .map_err(|reason| EmbeddingError::Encoder { path: weights_path.clone(), reason: reason.to_string() })?;
+            Encoder::Hearth(encoder)
+        } else {
+            Encoder::Candle(
+                load_bert(tensors, &config, device)
+                    .map_err(|source| EmbeddingError::Weights { path: weights_path.clone(), source })?,
+            )
+        };
 
         let pad_token_id = u32::try_from(config.pad_token_id).map_err(|_| EmbeddingError::InvalidConfig {
             path: config_path,
@@ -166,7 +251,7 @@ impl EmbeddingModel {
             reason: format!("{} does not fit a token id", config.pad_token_id),
         })?;
         Ok(Self {
-            model,
+            encoder,
             tokenizer,
             truncating,
             device: device.clone(),
@@ -207,6 +292,15 @@ impl EmbeddingModel {
         Ok(embeddings)
     }
 
+    /// Which encoder runs: `hearth (AMX tiles)`, `hearth (portable)` or `candle`.
+    pub fn encoder_name(&self) -> &'static str {
+        match &self.encoder {
+            Encoder::Hearth(e) if e.uses_amx() => "hearth (AMX tiles)",
+            Encoder::Hearth(_) => "hearth (portable)",
+            Encoder::Candle(_) => "candle",
+        }
+    }
+
     /// Length of the embedding vectors (the encoder's hidden size; 384 for MiniLM-L6).
     pub fn dimension(&self) -> usize {
         self.dimension
@@ -241,6 +335,28 @@ impl EmbeddingModel {
 
     /// One forward pass over encodings of at most `max_tokens` tokens; pads them to the longest.
     fn forward(&self, chunk: &[&Encoding]) -> Result<Vec<Vec<f32>>, EmbeddingError> {
+        let model = match &self.encoder {
+            Encoder::Hearth(encoder) => {
+                // Texts are packed, not padded; an empty encoding (a tokenizer without special
+                // tokens given "") becomes one padding token, as the padded path sees it.
+                let pad = [self.pad_token_id];
+                let zero = [0u32];
+                let texts: Vec<Text<'_>> = chunk
+                    .iter()
+                    .map(|e| {
+                        if e.is_empty() {
+                            Text { ids: &pad, type_ids: &zero }
+                        } else {
+                            Text { ids: e.get_ids(), type_ids: e.get_type_ids() }
+                        }
+                    })
+                    .collect();
+                return encoder
+                    .embed(&CandlePool, &texts)
+                    .map_err(|e| EmbeddingError::Inference(candle_core::Error::Msg(e.to_string())));
+            }
+            Encoder::Candle(model) => model,
+        };
         let batch = chunk.len();
         let seq_len = chunk.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
         let mut input_ids = Vec::with_capacity(batch * seq_len);
@@ -260,7 +376,7 @@ impl EmbeddingModel {
         let mask = Tensor::from_vec(mask, (batch, seq_len), &self.device)?;
 
         // (batch, seq, hidden); the mask keeps padding out of every token's attention.
-        let hidden = self.model.forward(&input_ids, &type_ids, Some(&mask))?;
+        let hidden = model.forward(&input_ids, &type_ids, Some(&mask))?;
         let mask = mask.to_dtype(hidden.dtype())?;
         let summed = hidden.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?;
         // Every text has at least its special tokens; the floor only guards a tokenizer without any.
@@ -353,6 +469,55 @@ fn resolve_max_tokens(dir: &Path, max_position_embeddings: usize) -> Result<usiz
 }
 
 /// Builds the encoder from loaded tensors (with or without a `bert.` prefix).
+/// Whether Hearth's encoder computes what `config` describes (erf GELU, absolute positions) with
+/// widths its tiles take.
+fn hearth_supports(config: &Config) -> bool {
+    matches!(config.hidden_act, HiddenAct::Gelu)
+        && config.hidden_size.is_multiple_of(32)
+        && config.intermediate_size.is_multiple_of(32)
+}
+
+/// Hearth's encoder from the checkpoint's tensors (names with or without a `bert.` or
+/// `<model_type>.` prefix, as candle's loader accepts).
+fn load_hearth(tensors: &HashMap<String, Tensor>, config: &Config) -> Result<BertEncoder, String> {
+    if !matches!(config.hidden_act, HiddenAct::Gelu) {
+        return Err(
+            "config.json: field `hidden_act`: Hearth's encoder runs \"gelu\" (erf) only; set HEARTH_CPU_ENCODER=candle"
+                .into(),
+        );
+    }
+    let bert = BertConfig {
+        hidden: config.hidden_size,
+        heads: config.num_attention_heads,
+        layers: config.num_hidden_layers,
+        intermediate: config.intermediate_size,
+        max_positions: config.max_position_embeddings,
+        type_vocab: config.type_vocab_size,
+        vocab: config.vocab_size,
+        eps: config.layer_norm_eps as f32,
+    };
+    let prefixes: Vec<String> = ["".to_owned(), "bert.".to_owned()]
+        .into_iter()
+        .chain(config.model_type.iter().map(|t| format!("{t}.")))
+        .collect();
+    let amx = hearth_kernels::amx::available();
+    BertEncoder::new(bert, amx, |name, len| {
+        let tensor = prefixes
+            .iter()
+            .find_map(|p| tensors.get(&format!("{p}{name}")))
+            .ok_or_else(|| "not in the checkpoint".to_owned())?;
+        if tensor.elem_count() != len {
+            return Err(format!("shape {:?} has {} values, expected {len}", tensor.dims(), tensor.elem_count()));
+        }
+        tensor
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| e.to_string())
+    })
+    .map_err(|e| e.to_string())
+}
+
 fn load_bert(tensors: HashMap<String, Tensor>, config: &Config, device: &Device) -> candle_core::Result<BertModel> {
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     BertModel::load(vb, config)
