@@ -24,8 +24,10 @@ const TILE: usize = 16;
 const DEPTH: usize = 32;
 /// bf16 values in one packed weight tile (16 pair-rows × 32 values, 1 KiB).
 const TILE_VALUES: usize = TILE * DEPTH;
-/// Activation row pairs (of 16 rows) per parallel task: 128 rows.
+/// Activation row pairs (of 16 rows) per parallel task.
 const ROW_PAIRS_PER_TASK: usize = 4;
+/// Output rows per parallel task of [`Bf16Matrix::matmul_then`] (128).
+pub const TASK_ROWS: usize = ROW_PAIRS_PER_TASK * 2 * TILE;
 
 /// Whether the AMX tile kernel can run here (CPU bits, and the OS's permission, asked once).
 pub fn available() -> bool {
@@ -144,6 +146,23 @@ impl Bf16Matrix {
     /// `x.rows() × rows` f32 values, row-major. With `amx` (which needs [`available`]) the tile
     /// kernel runs on `par`'s threads; otherwise a plain loop, same operands and rounding.
     pub fn matmul(&self, par: &dyn Parallel, amx: bool, x: &Bf16Rows, out: &mut [f32]) -> Result<(), KernelError> {
+        let tasks = x.rows.div_ceil(TASK_ROWS);
+        self.matmul_then(par, amx, x, out, vec![(); tasks], |_, ()| {})
+    }
+
+    /// [`matmul`](Self::matmul), then `then(rows, extra)` on each block of [`TASK_ROWS`] output
+    /// rows (the last may be shorter) in the task that computed it, while the block is still in
+    /// that core's cache. `extras` holds one value per block, in order (the caller's pieces of
+    /// its other buffers for those rows, say).
+    pub fn matmul_then<T: Send>(
+        &self,
+        par: &dyn Parallel,
+        amx: bool,
+        x: &Bf16Rows,
+        out: &mut [f32],
+        extras: Vec<T>,
+        then: impl Fn(&mut [f32], T) + Sync,
+    ) -> Result<(), KernelError> {
         if x.cols != self.cols {
             return Err(KernelError::Shape { what: "bf16 input row", expected: self.cols, found: x.cols });
         }
@@ -154,11 +173,21 @@ impl Bf16Matrix {
                 found: out.len(),
             });
         }
+        if extras.len() != x.rows.div_ceil(TASK_ROWS) {
+            return Err(KernelError::Shape {
+                what: "bf16 matmul row blocks",
+                expected: x.rows.div_ceil(TASK_ROWS),
+                found: extras.len(),
+            });
+        }
         if amx {
             assert!(available(), "Bf16Matrix::matmul: AMX requested on a CPU or OS without it");
-            self.matmul_amx(par, x, out);
+            self.matmul_amx(par, x, out, extras, &then);
         } else {
             self.matmul_plain(x, out);
+            for (block, extra) in out.chunks_mut(TASK_ROWS * self.rows).zip(extras) {
+                then(block, extra);
+            }
         }
         Ok(())
     }
@@ -185,15 +214,18 @@ impl Bf16Matrix {
     }
 
     #[cfg(target_arch = "x86_64")]
-    fn matmul_amx(&self, par: &dyn Parallel, x: &Bf16Rows, out: &mut [f32]) {
+    fn matmul_amx<T: Send>(
+        &self,
+        par: &dyn Parallel,
+        x: &Bf16Rows,
+        out: &mut [f32],
+        extras: Vec<T>,
+        then: &(impl Fn(&mut [f32], T) + Sync),
+    ) {
         let pairs = x.padded_rows() / (2 * TILE);
         let n = self.rows;
-        // Whole tile rows of output; the last task's padding rows land in a scratch tail.
-        let tasks = pairs.div_ceil(ROW_PAIRS_PER_TASK);
-        let rows_per_task = ROW_PAIRS_PER_TASK * 2 * TILE;
-        let parts: Vec<&mut [f32]> = out.chunks_mut(rows_per_task * n).collect();
-        debug_assert_eq!(parts.len(), tasks);
-        for_each_part(par, parts, |task, part| {
+        let parts: Vec<(&mut [f32], T)> = out.chunks_mut(TASK_ROWS * n).zip(extras).collect();
+        for_each_part(par, parts, |task, (part, extra)| {
             let first_pair = task * ROW_PAIRS_PER_TASK;
             let last_pair = (first_pair + ROW_PAIRS_PER_TASK).min(pairs);
             let real_rows = part.len() / n;
@@ -210,12 +242,23 @@ impl Bf16Matrix {
                 unsafe { amx_rows(&self.tiles, self.cols, n, input, &mut scratch) };
                 part.copy_from_slice(&scratch[..part.len()]);
             }
+            then(part, extra);
         });
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    fn matmul_amx(&self, _par: &dyn Parallel, x: &Bf16Rows, out: &mut [f32]) {
-        self.matmul_plain(x, out)
+    fn matmul_amx<T: Send>(
+        &self,
+        _par: &dyn Parallel,
+        x: &Bf16Rows,
+        out: &mut [f32],
+        extras: Vec<T>,
+        then: &(impl Fn(&mut [f32], T) + Sync),
+    ) {
+        self.matmul_plain(x, out);
+        for (block, extra) in out.chunks_mut(TASK_ROWS * self.rows).zip(extras) {
+            then(block, extra);
+        }
     }
 }
 

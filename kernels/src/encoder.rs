@@ -13,7 +13,7 @@
 //! with AMX does) and runs the portable build elsewhere.
 #![allow(unsafe_code)]
 
-use crate::amx::{self, Bf16Matrix, Bf16Rows};
+use crate::amx::{self, Bf16Matrix, Bf16Rows, TASK_ROWS};
 use crate::{KernelError, Parallel, for_each_part};
 
 /// Shape and constants of a BERT encoder (Hugging Face `config.json` names in brackets).
@@ -110,6 +110,12 @@ impl BertEncoder {
             return Err(EncoderError::Config(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 c.hidden, c.heads
+            )));
+        }
+        if (c.hidden / c.heads) % LANES != 0 {
+            return Err(EncoderError::Config(format!(
+                "attention heads of {} values (hidden_size / num_attention_heads) are not a multiple of {LANES}",
+                c.hidden / c.heads
             )));
         }
         if amx && !amx::available() {
@@ -283,19 +289,15 @@ impl BertEncoder {
                 let (start, len) = (starts[n], texts[n].ids.len());
                 attend(&qkv_ref[start * 3 * h..][..len * 3 * h], &layer.qkv_bias, len, h, heads, scale, out);
             });
-            self.dense(par, &layer.output, &cb, &mut y);
             let (w, b) = &layer.attention_norm;
-            residual_norm(par, &mut x, &y, &layer.output_bias, w, b, eps, &mut xb);
+            self.dense_norm(par, &layer.output, &cb, &mut y, &layer.output_bias, w, b, &mut x, &mut xb);
 
             // Feed-forward.
-            self.dense(par, &layer.up, &xb, &mut ffn);
-            let inter = c.intermediate;
-            let parts: Vec<(&[f32], &mut [u16])> =
-                ffn.chunks(ROWS_PER_TASK * inter).zip(fb.values_mut().chunks_mut(ROWS_PER_TASK * inter)).collect();
-            for_each_part(par, parts, |_, (input, out)| gelu_rows(input, &layer.up_bias, out));
-            self.dense(par, &layer.down, &fb, &mut y);
+            // GELU runs on each block of rows as soon as its product is done (still in cache).
+            let blocks: Vec<&mut [u16]> = fb.values_mut().chunks_mut(TASK_ROWS * c.intermediate).collect();
+            self.dense_then(par, &layer.up, &xb, &mut ffn, blocks, |rows, out| gelu_rows(rows, &layer.up_bias, out));
             let (w, b) = &layer.output_norm;
-            residual_norm(par, &mut x, &y, &layer.down_bias, w, b, eps, &mut xb);
+            self.dense_norm(par, &layer.down, &fb, &mut y, &layer.down_bias, w, b, &mut x, &mut xb);
         }
 
         // Mean pooling over each text's tokens, then L2 normalisation.
@@ -322,6 +324,40 @@ impl BertEncoder {
     fn dense(&self, par: &dyn Parallel, matrix: &Bf16Matrix, x: &Bf16Rows, out: &mut [f32]) {
         // Shapes are fixed by construction; a mismatch is a bug here, not bad input.
         matrix.matmul(par, self.amx, x, out).unwrap_or_else(|e| panic!("encoder dense layer: {e}"));
+    }
+
+    fn dense_then<T: Send>(
+        &self,
+        par: &dyn Parallel,
+        matrix: &Bf16Matrix,
+        x: &Bf16Rows,
+        out: &mut [f32],
+        extras: Vec<T>,
+        then: impl Fn(&mut [f32], T) + Sync,
+    ) {
+        matrix.matmul_then(par, self.amx, x, out, extras, then).unwrap_or_else(|e| panic!("encoder dense layer: {e}"));
+    }
+
+    /// `y = input · Wᵀ`, then `state = LayerNorm(state + y + bias)` and `state_bf16 = bf16(state)`,
+    /// block by block as the product finishes.
+    #[allow(clippy::too_many_arguments)]
+    fn dense_norm(
+        &self,
+        par: &dyn Parallel,
+        matrix: &Bf16Matrix,
+        input: &Bf16Rows,
+        y: &mut [f32],
+        bias: &[f32],
+        w: &[f32],
+        b: &[f32],
+        state: &mut [f32],
+        state_bf16: &mut Bf16Rows,
+    ) {
+        let step = TASK_ROWS * bias.len();
+        let eps = self.config.eps;
+        let blocks: Vec<(&mut [f32], &mut [u16])> =
+            state.chunks_mut(step).zip(state_bf16.values_mut().chunks_mut(step)).collect();
+        self.dense_then(par, matrix, input, y, blocks, |y, (x, xb)| residual_norm_rows(x, y, bias, w, b, eps, xb));
     }
 }
 
@@ -430,6 +466,20 @@ fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail.iter().map(|&v| f(v)).sum::<f32>()
 }
 
+/// Largest value of a non-empty slice, in [`LANES`] partial maxima.
+#[inline(always)]
+fn lane_max(values: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for l in 0..LANES {
+            acc[l] = if chunk[l] > acc[l] { chunk[l] } else { acc[l] };
+        }
+    }
+    acc.iter().chain(tail).copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
 /// `row = (row − mean) / sqrt(var + eps) · w + b`, in place.
 #[inline(always)]
 fn layer_norm(row: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
@@ -450,12 +500,15 @@ pub fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     // Taylor coefficients to r^6 on |r| ≤ ln2/2.
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    p * scale
+    // `shifted` holds the integer `n` in its low mantissa bits: 2^n from integer
+    // operations alone (a float-to-int cast would not vectorise, for its saturation rules).
+    let biased = shifted.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127);
+    p * f32::from_bits(biased << 23)
 }
 
 /// `erf(x)` within 5e-7 (Abramowitz and Stegun 7.1.26: 1.5e-7, plus f32 rounding), vectorisable.
@@ -491,8 +544,9 @@ multiversion! {
             let (q_at, k_at, v_at) = (head * d, hidden + head * d, 2 * hidden + head * d);
             for j in 0..len {
                 let row = &qkv[j * stride..][..stride];
-                for e in 0..d {
-                    keys_t[e * padded + j] = row[k_at + e] + bias[k_at + e];
+                let key = row[k_at..][..d].iter().zip(&bias[k_at..][..d]);
+                for (column, (&x, &b)) in keys_t.chunks_exact_mut(padded).zip(key) {
+                    column[j] = x + b;
                 }
                 for (v, (&x, &b)) in values[j * d..][..d].iter_mut().zip(row[v_at..][..d].iter().zip(&bias[v_at..][..d])) {
                     *v = x + b;
@@ -509,20 +563,26 @@ multiversion! {
                     for (e, &q) in query.iter().enumerate() {
                         let keys = &keys_t[e * padded + block * LANES..][..LANES];
                         for l in 0..LANES {
-                            acc[l] += q * keys[l];
+                            acc[l] = q.mul_add(keys[l], acc[l]);
                         }
                     }
                     chunk.copy_from_slice(&acc);
                 }
                 let real = &mut scores[..len];
-                let max = real.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let max = lane_max(real);
                 real.iter_mut().for_each(|s| *s = exp(*s - max));
                 let inv = 1.0 / lane_sum(real, |v| v);
-                context.iter_mut().for_each(|c| *c = 0.0);
-                for (j, &p) in real.iter().enumerate() {
-                    for (c, &v) in context.iter_mut().zip(&values[j * d..][..d]) {
-                        *c += p * v;
+                // Sixteen dimensions at a time, summed over the positions in registers.
+                // (The head width is a multiple of LANES, checked when the encoder is built.)
+                for (block, chunk) in context.chunks_exact_mut(LANES).enumerate() {
+                    let mut acc = [0f32; LANES];
+                    for (j, &p) in real.iter().enumerate() {
+                        let value = &values[j * d + block * LANES..][..LANES];
+                        for l in 0..LANES {
+                            acc[l] = p.mul_add(value[l], acc[l]);
+                        }
                     }
+                    chunk.copy_from_slice(&acc);
                 }
                 for (o, &c) in out[i * hidden + q_at..][..d].iter_mut().zip(&context) {
                     *o = amx::bf16(c * inv);
@@ -590,7 +650,7 @@ mod tests {
 
     #[test]
     fn attention_matches_a_plain_softmax() {
-        let (len, hidden, heads) = (5, 8, 2);
+        let (len, hidden, heads) = (21, 32, 2);
         let qkv: Vec<f32> = (0..len * 3 * hidden).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
         let mut out = vec![0u16; len * hidden];
         let scale = 0.5;

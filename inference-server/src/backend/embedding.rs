@@ -470,11 +470,12 @@ fn resolve_max_tokens(dir: &Path, max_position_embeddings: usize) -> Result<usiz
 
 /// Builds the encoder from loaded tensors (with or without a `bert.` prefix).
 /// Whether Hearth's encoder computes what `config` describes (erf GELU, absolute positions) with
-/// widths its tiles take.
+/// widths its tiles take (layers a multiple of 32 wide, heads of a multiple of 16).
 fn hearth_supports(config: &Config) -> bool {
     matches!(config.hidden_act, HiddenAct::Gelu)
         && config.hidden_size.is_multiple_of(32)
         && config.intermediate_size.is_multiple_of(32)
+        && (config.hidden_size / config.num_attention_heads.max(1)).is_multiple_of(16)
 }
 
 /// Hearth's encoder from the checkpoint's tensors (names with or without a `bert.` or
@@ -615,6 +616,57 @@ mod tests {
         let texts: Vec<&str> = cases.iter().map(|(t, _)| t.as_str()).collect();
         let embeddings = model().embed(&texts).expect("embed");
         assert_matches_reference(&embeddings, &cases, "one batch of 16");
+    }
+
+    /// Both encoders, whatever `auto` picks on this machine: Hearth's (AMX tiles where the CPU
+    /// has them, else its portable loops) and candle's.
+    #[test]
+    fn both_encoders_match_sentence_transformers() {
+        let cases = reference();
+        let texts: Vec<&str> = cases.iter().map(|(t, _)| t.as_str()).collect();
+        let mut outputs = Vec::new();
+        for choice in [EncoderChoice::Hearth, EncoderChoice::Candle] {
+            let model = EmbeddingModel::load_with(&model_dir(), &Device::Cpu, choice).expect("load");
+            let embeddings = model.embed(&texts).expect("embed");
+            assert_matches_reference(&embeddings, &cases, model.encoder_name());
+            outputs.push(embeddings);
+        }
+        for ((hearth, candle), text) in outputs[0].iter().zip(&outputs[1]).zip(&texts) {
+            let c = cosine(hearth, candle);
+            assert!(c >= 0.9999, "Hearth's and candle's encoders differ on {text:?}: cosine {c}");
+        }
+    }
+
+    #[test]
+    fn encoder_setting_is_parsed_and_bad_values_are_named() {
+        assert_eq!(EncoderChoice::parse(None).expect("unset"), EncoderChoice::Auto);
+        assert_eq!(EncoderChoice::parse(Some(" hearth ")).expect("hearth"), EncoderChoice::Hearth);
+        assert_eq!(EncoderChoice::parse(Some("candle")).expect("candle"), EncoderChoice::Candle);
+        let err = EncoderChoice::parse(Some("onnx")).expect_err("onnx").to_string();
+        assert!(
+            err.contains("HEARTH_CPU_ENCODER") && err.contains("auto, hearth or candle") && err.contains("onnx"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hearth_encoder_rejects_what_it_cannot_compute() {
+        let mut config: Config =
+            serde_json::from_str(&std::fs::read_to_string(model_dir().join(CONFIG_FILE)).expect("read config"))
+                .expect("parse config");
+        assert!(hearth_supports(&config));
+        config.hidden_act = HiddenAct::GeluApproximate;
+        assert!(!hearth_supports(&config), "tanh GELU is not what the encoder computes");
+        let err = load_hearth(&HashMap::new(), &config).expect_err("tanh GELU").to_string();
+        assert!(err.contains("hidden_act") && err.contains("HEARTH_CPU_ENCODER=candle"), "{err}");
+        config.hidden_act = HiddenAct::Gelu;
+        config.num_attention_heads = 32; // heads of 12 values
+        assert!(!hearth_supports(&config));
+        let err = load_hearth(&HashMap::new(), &config).expect_err("narrow heads").to_string();
+        assert!(err.contains("multiple of 16"), "{err}");
+        config.num_attention_heads = 12;
+        let err = load_hearth(&HashMap::new(), &config).expect_err("no tensors").to_string();
+        assert!(err.contains("embeddings.word_embeddings.weight") && err.contains("not in the checkpoint"), "{err}");
     }
 
     #[test]
