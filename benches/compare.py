@@ -284,24 +284,41 @@ def run_peer_generation(spec: dict, report: dict, L, np) -> None:  # noqa: N803 
 
 
 def run_peer_embeddings(spec: dict, report: dict) -> None:
-    """sentence-transformers on the same texts, when it is installed (never installed here)."""
+    """The same texts through sentence-transformers when it is installed, else through ONNX
+    Runtime on a graph built from the same weights (benches/minilm_onnx.py; no torch needed)."""
+    texts = spec["embedding_texts"]
     try:
         from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found]
         import torch  # type: ignore[import-not-found]
     except ImportError:
-        report["embeddings_skipped"] = "sentence-transformers is not installed"
+        SentenceTransformer = None
+    if SentenceTransformer is not None:
+        torch.set_num_threads(spec["threads"])
+        model = SentenceTransformer(spec["embedding_model"], device="cpu")
+        model.encode(texts, batch_size=len(texts))
+        samples = []
+        for _ in range(max(spec["repeats"], 3)):
+            t0 = time.perf_counter()
+            model.encode(texts, batch_size=len(texts), normalize_embeddings=True)
+            samples.append(len(texts) / (time.perf_counter() - t0))
+        report["embeddings_peer"] = f"sentence-transformers (torch {torch.__version__})"
+        report["embeddings_per_second"] = statistics.median(samples)
+        report["embeddings_samples"] = samples
+        report["rss_bytes"]["after_embed"] = rss()
         return
-    torch.set_num_threads(spec["threads"])
-    texts = spec["embedding_texts"]
-    model = SentenceTransformer(spec["embedding_model"], device="cpu")
-    model.encode(texts, batch_size=len(texts))
-    samples = []
-    for _ in range(max(spec["repeats"], 3)):
-        t0 = time.perf_counter()
-        model.encode(texts, batch_size=len(texts), normalize_embeddings=True)
-        samples.append(len(texts) / (time.perf_counter() - t0))
-    report["embeddings_per_second"] = statistics.median(samples)
-    report["embeddings_samples"] = samples
+    try:
+        sys.path.insert(0, str(ROOT / "benches"))
+        import minilm_onnx  # noqa: PLC0415
+    except ImportError as err:
+        report["embeddings_skipped"] = f"neither sentence-transformers nor onnx + onnxruntime + tokenizers is installed ({err})"
+        return
+    model_dir = Path(spec["embedding_model"])
+    result = minilm_onnx.benchmark(model_dir, texts, spec["threads"], spec["repeats"])
+    fixture = ROOT / "tests" / "fixtures" / "reference" / "all-minilm-l6-v2.embeddings.json"
+    if fixture.exists() and model_dir.name == "all-minilm-l6-v2":
+        result["embeddings_peer_min_cosine_vs_sentence_transformers"] = minilm_onnx.check(model_dir, fixture, spec["threads"])
+    report.update(result)
+    report["embeddings_peer"] = f"{result['embeddings_peer_version']} (graph built by benches/minilm_onnx.py)"
     report["rss_bytes"]["after_embed"] = rss()
 
 
@@ -522,7 +539,17 @@ def print_table(name: str, hearth: dict, peer: dict | None, streams: int) -> Non
                 agree = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
                 notes.append(f"greedy continuations agree with llama.cpp ({label}) for the first {agree} of {min(len(a), len(b))} tokens")
     if hearth.get("embeddings_per_second") is not None and peer and peer.get("embeddings_skipped"):
-        notes.append(f"embeddings peer skipped: {peer['embeddings_skipped']} (torch is not installed on purpose)")
+        notes.append(f"embeddings peer skipped: {peer['embeddings_skipped']}")
+    if peer and peer.get("embeddings_peer"):
+        line = f"embeddings peer: {peer['embeddings_peer']}, not llama.cpp"
+        if peer.get("embeddings_per_second_fused") is not None:
+            line += (f"; fused graph {peer['embeddings_per_second_fused']:.1f}/s, plain {peer['embeddings_per_second_plain']:.1f}/s, "
+                     "the faster is the row")
+        if peer.get("embeddings_peer_min_cosine_vs_sentence_transformers") is not None:
+            line += f"; its minimum cosine with sentence-transformers {peer['embeddings_peer_min_cosine_vs_sentence_transformers']:.6f}"
+        notes.append(line)
+    if hearth.get("embedding_encoder"):
+        notes.append(f"Hearth's embeddings encoder: {hearth['embedding_encoder']}")
     if peer:
         before = (peer["rss_bytes"]["after_import"]["current"] or 0) / 2**20
         notes.append(f"peak RSS is each process's VmHWM; llama.cpp's includes Python + numpy ({before:.0f} MiB before the model)")

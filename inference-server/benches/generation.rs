@@ -479,6 +479,7 @@ fn run(args: &Args, threads: usize) -> Result<Value> {
                 Ok(refs.len() as f64 / started.elapsed().as_secs_f64())
             })?;
             report.insert("embedding_model".into(), json!(dir.display().to_string()));
+            report.insert("embedding_encoder".into(), json!(model.encoder_name()));
             report.insert("embedding_batch".into(), json!(refs.len()));
             report.insert("embedding_texts".into(), json!(texts));
             report.insert("embedding_tokens_per_text".into(), json!(tokens as f64 / refs.len() as f64));

@@ -108,10 +108,10 @@ pub struct Bf16Matrix {
 impl Bf16Matrix {
     /// Packs a row-major `rows × cols` f32 matrix. Both dimensions must be multiples of 32.
     pub fn pack(weights: &[f32], rows: usize, cols: usize) -> Result<Self, KernelError> {
-        if cols % DEPTH != 0 {
+        if !cols.is_multiple_of(DEPTH) {
             return Err(KernelError::Columns { ty: "bf16 tiles", block: DEPTH, cols });
         }
-        if rows % (2 * TILE) != 0 {
+        if !rows.is_multiple_of(2 * TILE) {
             return Err(KernelError::Tiles("bf16 tiles need a multiple of 32 rows"));
         }
         if weights.len() != rows * cols {
@@ -278,7 +278,11 @@ impl Bf16Rows {
 
     /// Converts `rows × cols` f32 values (row-major) into this buffer, reusing its memory.
     pub fn fill(&mut self, values: &[f32], cols: usize) {
-        assert!(cols > 0 && values.len() % cols == 0, "Bf16Rows::fill: {} values are not rows of {cols}", values.len());
+        assert!(
+            cols > 0 && values.len().is_multiple_of(cols),
+            "Bf16Rows::fill: {} values are not rows of {cols}",
+            values.len()
+        );
         self.rows = values.len() / cols;
         self.cols = cols;
         let padded = self.padded_rows() * cols;
@@ -348,7 +352,7 @@ impl TileConfig {
 unsafe fn amx_rows(tiles: &[u16], cols: usize, n: usize, x: &[u16], out: &mut [f32]) {
     use std::arch::asm;
     let rows = x.len() / cols;
-    assert!(rows % (2 * TILE) == 0 && n % (2 * TILE) == 0 && cols % DEPTH == 0);
+    assert!(rows.is_multiple_of(2 * TILE) && n.is_multiple_of(2 * TILE) && cols.is_multiple_of(DEPTH));
     assert!(tiles.len() == n * cols && out.len() == rows * n);
     let config = TileConfig::new();
     let depth_tiles = cols / DEPTH;

@@ -106,13 +106,13 @@ impl BertEncoder {
         mut weight: impl FnMut(&str, usize) -> Result<Vec<f32>, String>,
     ) -> Result<Self, EncoderError> {
         let c = &config;
-        if c.heads == 0 || c.hidden % c.heads != 0 {
+        if c.heads == 0 || !c.hidden.is_multiple_of(c.heads) {
             return Err(EncoderError::Config(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 c.hidden, c.heads
             )));
         }
-        if (c.hidden / c.heads) % LANES != 0 {
+        if !(c.hidden / c.heads).is_multiple_of(LANES) {
             return Err(EncoderError::Config(format!(
                 "attention heads of {} values (hidden_size / num_attention_heads) are not a multiple of {LANES}",
                 c.hidden / c.heads
@@ -403,6 +403,9 @@ macro_rules! multiversion {
     };
 }
 
+/// One task's rows of [`residual_norm`]: the state, the layer output, the bf16 copy.
+type NormPart<'a> = ((&'a mut [f32], &'a [f32]), &'a mut [u16]);
+
 /// `x = LayerNorm(x + y + bias)` row by row, and `out = bf16(x)`, in parallel tasks.
 #[allow(clippy::too_many_arguments)]
 fn residual_norm(
@@ -417,7 +420,7 @@ fn residual_norm(
 ) {
     let cols = bias.len();
     let step = ROWS_PER_TASK * cols;
-    let parts: Vec<((&mut [f32], &[f32]), &mut [u16])> =
+    let parts: Vec<NormPart<'_>> =
         x.chunks_mut(step).zip(y.chunks(step)).zip(out.values_mut().chunks_mut(step)).collect();
     for_each_part(par, parts, |_, ((x, y), out)| residual_norm_rows(x, y, bias, w, b, eps, out));
 }
