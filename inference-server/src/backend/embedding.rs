@@ -637,6 +637,30 @@ mod tests {
         }
     }
 
+    /// Requests embed concurrently in the server: each thread's results must equal the serial
+    /// ones (the AMX tile state is per thread; the thread pool is shared).
+    #[test]
+    fn concurrent_calls_give_the_serial_results() {
+        let cases = reference();
+        let texts: Vec<&str> = cases.iter().map(|(t, _)| t.as_str()).collect();
+        let serial = model().embed(&texts).expect("embed");
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|k| {
+                    let texts: Vec<&str> = texts.iter().skip(k).copied().collect();
+                    scope.spawn(move || (k, model().embed(&texts).expect("embed")))
+                })
+                .collect();
+            for handle in handles {
+                let (k, got) = handle.join().expect("thread");
+                for (i, embedding) in got.iter().enumerate() {
+                    let d = max_abs_diff(embedding, &serial[i + k]);
+                    assert!(d < 1e-5, "thread {k}, text {}: differs by {d}", i + k);
+                }
+            }
+        });
+    }
+
     #[test]
     fn encoder_setting_is_parsed_and_bad_values_are_named() {
         assert_eq!(EncoderChoice::parse(None).expect("unset"), EncoderChoice::Auto);
