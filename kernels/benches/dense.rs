@@ -8,36 +8,16 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
+
+use common::{CandlePool, time};
 
 use candle_core::{Device, Tensor};
-use hearth_kernels::Parallel;
 use hearth_kernels::amx::{self, Bf16Matrix, Bf16Rows};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-/// Median seconds of `f` over repeats filling about `budget`.
-fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut samples = Vec::new();
-    let start = Instant::now();
-    while samples.len() < 3 || (start.elapsed() < budget && samples.len() < 50) {
-        let t = Instant::now();
-        f();
-        samples.push(t.elapsed().as_secs_f64());
-    }
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
-
-/// candle's CPU thread pool (what hearth-server runs the encoder on).
-struct CandlePool;
-
-impl Parallel for CandlePool {
-    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
-        candle_core::utils::barrier_pool().execute_chunked(tasks, |range| range.for_each(task));
-    }
-}
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");

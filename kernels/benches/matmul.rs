@@ -9,12 +9,16 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::borrow::Cow;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::{CandlePool, time};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
-use hearth_kernels::{Isa, Parallel, QuantizedMatrix, WeightType};
+use hearth_kernels::{Isa, QuantizedMatrix, WeightType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -40,29 +44,6 @@ fn candle_type(ty: WeightType) -> GgmlDType {
         WeightType::Q8_0 => GgmlDType::Q8_0,
         WeightType::Q4K => GgmlDType::Q4K,
         WeightType::Q6K => GgmlDType::Q6K,
-    }
-}
-
-/// Median seconds of `f` over repeats filling about `budget`.
-fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut samples = Vec::new();
-    let start = Instant::now();
-    while samples.len() < 3 || (start.elapsed() < budget && samples.len() < 50) {
-        let t = Instant::now();
-        f();
-        samples.push(t.elapsed().as_secs_f64());
-    }
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
-
-/// candle's CPU thread pool, for Hearth's kernels (what hearth-server does).
-struct CandlePool;
-
-impl Parallel for CandlePool {
-    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
-        candle_core::utils::barrier_pool().execute_chunked(tasks, |range| range.for_each(task));
     }
 }
 

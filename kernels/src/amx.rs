@@ -250,15 +250,12 @@ impl Bf16Matrix {
     fn matmul_amx<T: Send>(
         &self,
         _par: &dyn Parallel,
-        x: &Bf16Rows,
-        out: &mut [f32],
-        extras: Vec<T>,
-        then: &(impl Fn(&mut [f32], T) + Sync),
+        _x: &Bf16Rows,
+        _out: &mut [f32],
+        _extras: Vec<T>,
+        _then: &(impl Fn(&mut [f32], T) + Sync),
     ) {
-        self.matmul_plain(x, out);
-        for (block, extra) in out.chunks_mut(TASK_ROWS * self.rows).zip(extras) {
-            then(block, extra);
-        }
+        unreachable!("AMX exists only on x86-64, and `available` says so")
     }
 }
 
@@ -283,12 +280,10 @@ impl Bf16Rows {
             "Bf16Rows::fill: {} values are not rows of {cols}",
             values.len()
         );
-        self.rows = values.len() / cols;
-        self.cols = cols;
-        let padded = self.padded_rows() * cols;
-        self.data.clear();
-        self.data.extend(values.iter().map(|&v| bf16(v)));
-        self.data.resize(padded, 0);
+        self.reset(values.len() / cols, cols);
+        for (b, &v) in self.values_mut().iter_mut().zip(values) {
+            *b = bf16(v);
+        }
     }
 
     /// Sizes the buffer for `rows × cols` values to be written through

@@ -93,9 +93,6 @@ pub struct BertEncoder {
     amx: bool,
 }
 
-/// Rows per element-wise task.
-const ROWS_PER_TASK: usize = 64;
-
 impl BertEncoder {
     /// Builds the encoder from a checkpoint's f32 tensors, fetched by Hugging Face name through
     /// `weight(name, expected_len)`. `amx` picks the AMX tile kernel (it needs
@@ -179,7 +176,7 @@ impl BertEncoder {
     /// Every text needs at least one token, at most `max_positions`, and ids inside the
     /// vocabulary and type vocabulary; anything else is an error naming the text.
     pub fn embed(&self, par: &dyn Parallel, texts: &[Text<'_>]) -> Result<Vec<Vec<f32>>, KernelError> {
-        for (n, text) in texts.iter().enumerate() {
+        for text in texts {
             if text.ids.is_empty() || text.ids.len() > self.config.max_positions {
                 return Err(KernelError::Shape {
                     what: "encoder text tokens",
@@ -195,7 +192,6 @@ impl BertEncoder {
                 });
             }
             if let Some(&bad) = text.ids.iter().find(|&&id| id as usize >= self.config.vocab) {
-                let _ = n;
                 return Err(KernelError::Shape {
                     what: "encoder token id (vocabulary size)",
                     expected: self.config.vocab,
@@ -419,7 +415,7 @@ fn residual_norm(
     out: &mut Bf16Rows,
 ) {
     let cols = bias.len();
-    let step = ROWS_PER_TASK * cols;
+    let step = TASK_ROWS * cols;
     let parts: Vec<NormPart<'_>> =
         x.chunks_mut(step).zip(y.chunks(step)).zip(out.values_mut().chunks_mut(step)).collect();
     for_each_part(par, parts, |_, ((x, y), out)| residual_norm_rows(x, y, bias, w, b, eps, out));

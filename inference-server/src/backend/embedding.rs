@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::CandlePool;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config, HiddenAct};
-use hearth_kernels::Parallel;
 use hearth_kernels::encoder::{BertConfig, BertEncoder, Text};
 use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
@@ -139,15 +139,6 @@ impl EncoderChoice {
 enum Encoder {
     Hearth(BertEncoder),
     Candle(BertModel),
-}
-
-/// candle's CPU thread pool: Hearth's encoder runs its tasks there, as candle's own ops do.
-struct CandlePool;
-
-impl Parallel for CandlePool {
-    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
-        candle_core::utils::barrier_pool().execute_chunked(tasks, |range| range.for_each(task));
-    }
 }
 
 /// A loaded sentence-embedding model: tokenizer plus BERT encoder, shareable across threads.
@@ -468,7 +459,6 @@ fn resolve_max_tokens(dir: &Path, max_position_embeddings: usize) -> Result<usiz
     }
 }
 
-/// Builds the encoder from loaded tensors (with or without a `bert.` prefix).
 /// Whether Hearth's encoder computes what `config` describes (erf GELU, absolute positions) with
 /// widths its tiles take (layers a multiple of 32 wide, heads of a multiple of 16).
 fn hearth_supports(config: &Config) -> bool {
@@ -519,6 +509,7 @@ fn load_hearth(tensors: &HashMap<String, Tensor>, config: &Config) -> Result<Ber
     .map_err(|e| e.to_string())
 }
 
+/// candle's encoder from loaded tensors (with or without a `bert.` prefix).
 fn load_bert(tensors: HashMap<String, Tensor>, config: &Config, device: &Device) -> candle_core::Result<BertModel> {
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     BertModel::load(vb, config)

@@ -24,7 +24,9 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Tensor};
 use hearth_kernels::attention::{self, Heads, Sequence};
 use hearth_kernels::gated::Gate;
-use hearth_kernels::{Isa, Parallel, QuantizedMatrix, WeightType};
+use hearth_kernels::{Isa, QuantizedMatrix, WeightType};
+
+use super::CandlePool;
 
 pub use cache::KvCache;
 use cache::LayerCache;
@@ -176,17 +178,6 @@ impl Linear {
             None => ws.iter().map(|w| w.forward(x)).collect::<candle_core::Result<_>>()?,
         };
         ys.try_into().map_err(|_| candle_core::Error::Msg("matmul group: wrong number of outputs".into()))
-    }
-}
-
-/// candle's CPU thread pool, for Hearth's kernels: its workers spin for a while after each of
-/// candle's operators, so kernels on a second pool (rayon's) would fight them for the cores
-/// (measured: decode 15% slower on two cores).
-struct CandlePool;
-
-impl Parallel for CandlePool {
-    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
-        candle_core::utils::barrier_pool().execute_chunked(tasks, |range| range.for_each(task));
     }
 }
 
