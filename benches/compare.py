@@ -3,7 +3,7 @@
 
 Runs, per model, two subprocesses one after the other (so each one's peak RSS is its own):
 
-  * Hearth: the Rust bench `inference-server/benches/generation.rs` (built here with
+  * Hearth: the Rust bench `inference-server/server/benches/generation.rs` (built here with
     `cargo bench --no-run`), which prints one JSON object including the prompt ids it used;
   * llama.cpp: this script again (`--peer-worker`), driving llama.cpp through the low-level
     API of the PyPI package llama-cpp-python with exactly those ids.

@@ -249,6 +249,10 @@ pub struct Hardware {
     pub tolerations: Vec<Toleration>,
 }
 
+/// The context served when a Model sets no `contextLength`: the model's own maximum, capped
+/// at this many tokens (sizing assumes it too).
+pub const DEFAULT_CONTEXT_CAP: u32 = 8192;
+
 /// Per-replica serving limits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]

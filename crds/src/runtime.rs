@@ -20,6 +20,17 @@ pub const AGENT_CONFIG_PATH: &str = "/etc/hearth/agent/agent.yaml";
 /// `<OPENAPI_DIR>/<configmap name>/<key>`.
 pub const OPENAPI_DIR: &str = "/etc/hearth/openapi";
 
+/// Where `hearth-server` keeps fetched models outside a cluster (and tests find theirs):
+/// `$HEARTH_CACHE/models`, else `~/.cache/hearth/models`.
+pub fn model_cache_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    match std::env::var_os("HEARTH_CACHE") {
+        Some(dir) => PathBuf::from(dir).join("models"),
+        None => std::env::var_os("HOME")
+            .map_or_else(|| PathBuf::from(".cache/hearth/models"), |h| PathBuf::from(h).join(".cache/hearth/models")),
+    }
+}
+
 /// The agent runtime's configuration (`hearth-server agent --config agent.yaml`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

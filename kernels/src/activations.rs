@@ -109,7 +109,7 @@ impl QuantizedActivations {
     }
 }
 
-/// Whether the AVX2 quantizers of `x86` run here (they give the scalar loops' values exactly).
+/// Whether the AVX2 quantizers of `x86_quantize` run here (they give the scalar loops' values exactly).
 #[cfg(target_arch = "x86_64")]
 fn simd() -> bool {
     crate::Isa::detect() != crate::Isa::portable()
@@ -121,7 +121,7 @@ fn quantize_row_32(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i16
         for (((x, qs), scale), sum) in x.chunks_exact(32).zip(qs.chunks_exact_mut(32)).zip(scales).zip(sums) {
             // SAFETY: `simd()` is true only where `x86::available()` said yes.
             #[allow(unsafe_code)]
-            let (d, total) = unsafe { crate::x86::quantize_block_32(x, qs) };
+            let (d, total) = unsafe { crate::x86_quantize::quantize_block_32(x, qs) };
             *scale = half::f16::from_f32(d).to_f32();
             *sum = total;
         }
@@ -138,7 +138,7 @@ fn quantize_row_256(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i1
         {
             // SAFETY: `simd()` is true only where `x86::available()` said yes.
             #[allow(unsafe_code)]
-            let d = unsafe { crate::x86::quantize_block_256(x, qs, sums) };
+            let d = unsafe { crate::x86_quantize::quantize_block_256(x, qs, sums) };
             *scale = d;
         }
         return;

@@ -20,6 +20,8 @@ mod portable;
 mod tiles;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_quantize;
 
 use std::borrow::Cow;
 use std::sync::{Mutex, PoisonError};

@@ -174,7 +174,7 @@ pub fn plan(
 ) -> Result<Footprint, SizingError> {
     let weights = weights_bytes(spec, reported_weights).ok_or(SizingError::UnknownWeights)?;
     let kv_per_token = kv_bytes_per_token(spec);
-    let context = u64::from(spec.context_length.unwrap_or(8192));
+    let context = u64::from(spec.context_length.unwrap_or(hearth_crds::model::DEFAULT_CONTEXT_CAP));
     let kv_total = kv_per_token.unwrap_or(0) * context * u64::from(spec.serving.max_batch_size);
     // Runtime, activations and allocator slack: 256 MiB plus 10% of the rest.
     let memory = ((weights + kv_total) as f64 * 1.10) as u64 + 256 * 1024 * 1024;

@@ -555,7 +555,7 @@ fn grafana_dashboard_is_importable_and_charts_the_real_metrics() {
     }
 
     // Every series it queries exists: the operator's names come from its registry; the
-    // server's (inference-server/src/api/metrics.rs) and the cascade router's are listed here.
+    // server's (inference-server/server/src/api/metrics.rs) and the cascade router's are listed here.
     let mut known: BTreeSet<String> = [
         "hearth_server_requests_total",
         "hearth_server_request_duration_seconds_bucket",

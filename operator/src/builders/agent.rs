@@ -29,9 +29,9 @@ use super::qdrant::{QDRANT_COMPONENT, QDRANT_GRPC_PORT};
 use super::security::{container_security_context, pod_security_context};
 use super::server::{
     PRE_STOP_SECONDS, desired_service, drain_lifecycle, http_port, http_probe, mount, pod_annotations, quantity,
-    rolling_update, sha256_hex, tmp_volume, to_yaml,
+    rolling_update, tmp_volume,
 };
-use super::{BuildContext, BuildError, BuildNote};
+use super::{BuildContext, BuildError, BuildNote, sha256_hex, to_yaml};
 
 const COMPONENT: &str = "agent";
 /// The runtime's data directory: episodic memory and run records (per pod).

@@ -19,9 +19,9 @@ use super::network_policy::desired_network_policy;
 use super::security::{container_security_context, pod_security_context};
 use super::server::{
     CONFIG_DIR, PRE_STOP_SECONDS, config_volume, desired_service, drain_lifecycle, http_port, http_probe, mount,
-    pod_annotations, quantity, rolling_update, sha256_hex, tmp_volume, to_yaml,
+    pod_annotations, quantity, rolling_update, tmp_volume,
 };
-use super::{BuildContext, BuildError, BuildNote};
+use super::{BuildContext, BuildError, BuildNote, sha256_hex, to_yaml};
 
 const COMPONENT: &str = "router";
 /// The router's configuration file, in the ConfigMap and under `/etc/hearth`.

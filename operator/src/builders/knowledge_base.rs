@@ -27,8 +27,8 @@ use super::cache::{CACHE_DIR, PVC_SOURCE_DIR, source_claim};
 use super::metadata::{MODEL_LABEL, Owner, bounded_name, client_label};
 use super::qdrant::{ManagedQdrant, desired_managed_qdrant, managed_qdrant_url};
 use super::security::{container_security_context, pod_security_context};
-use super::server::{CONFIG_DIR, config_volume, mount, quantity, sha256_hex, tmp_volume, to_yaml};
-use super::{BuildContext, BuildError, BuildNote, NoteReason};
+use super::server::{CONFIG_DIR, config_volume, mount, quantity, tmp_volume};
+use super::{BuildContext, BuildError, BuildNote, NoteReason, sha256_hex, to_yaml};
 
 /// The component label of ingestion Jobs and their pods.
 pub const INGEST_COMPONENT: &str = "ingest";

@@ -63,7 +63,7 @@ pub(crate) fn bounded_name(base: &str, suffix: &str, max: usize) -> String {
     if base.len() + suffix.len() <= max {
         return format!("{base}{suffix}");
     }
-    let hash = &super::server::sha256_hex(base)[..5];
+    let hash = &super::sha256_hex(base)[..5];
     let keep = max.saturating_sub(suffix.len() + hash.len() + 1);
     let cut = base[..keep.min(base.len())].trim_end_matches('-');
     format!("{cut}-{hash}{suffix}")

@@ -47,6 +47,17 @@ pub use model::{ModelObjects, desired_model_objects};
 pub use qdrant::{ManagedQdrant, QDRANT_GRPC_PORT, QDRANT_HTTP_PORT, managed_qdrant_url, qdrant_stateful_set_name};
 pub use security::{RUN_AS_USER, restricted_profile_violations};
 
+/// Hex SHA-256 of a text: short names of long ones, configuration hashes that roll pods.
+pub(crate) fn sha256_hex(text: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A configuration document as YAML.
+pub(crate) fn to_yaml(what: &'static str, value: &impl serde::Serialize) -> Result<String, BuildError> {
+    serde_yaml::to_string(value).map_err(|e| BuildError::Serialize { what, message: e.to_string() })
+}
+
 /// Why no objects could be built for a resource at all.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BuildError {

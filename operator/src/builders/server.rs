@@ -11,10 +11,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use super::BuildError;
 use super::metadata::{HTTP_PORT, Owner};
 
 /// Where the configuration ConfigMap is mounted.
@@ -26,16 +23,6 @@ pub(crate) const CONFIG_HASH_ANNOTATION: &str = "hearth.dev/config-sha256";
 /// kube-proxy stop sending it new requests first.
 pub(crate) const PRE_STOP_SECONDS: i64 = 5;
 const PORT_NAME: &str = "http";
-
-/// Hex SHA-256 of a text.
-pub(crate) fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A value as YAML.
-pub(crate) fn to_yaml(what: &'static str, value: &impl Serialize) -> Result<String, BuildError> {
-    serde_yaml::to_string(value).map_err(|e| BuildError::Serialize { what, message: e.to_string() })
-}
 
 pub(crate) fn quantity(text: &str) -> Quantity {
     Quantity(text.to_owned())

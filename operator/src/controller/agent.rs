@@ -18,7 +18,11 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{Context, Error, apply, condition, delete_if_present, publish};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+
+use super::{Context, Error, apply, apply_or_delete, condition, publish};
+use super::{Scope, drain, error_policy};
 use crate::builders::{
     AgentObjects, Dependency, ResolvedAgent, ResolvedKnowledgeBase, agent_endpoint, agent_knowledge_bases,
     delegated_agents, desired_agent_objects,
@@ -154,6 +158,60 @@ pub fn desired_status(
     status
 }
 
+/// Runs the Agent controller until shutdown: an Agent reconciles when it, an object it owns, or
+/// a Model, Cascade, KnowledgeBase or Agent it uses changes.
+pub(crate) async fn run(ctx: Arc<Context>, scope: &Scope) {
+    let owned = Scope::owned();
+    let controller = Controller::new(scope.api::<Agent>(), watcher::Config::default());
+    let agents = controller.store();
+    // The Agents that use a Model, Cascade, KnowledgeBase or Agent of this name and namespace.
+    let users = move |kind: &'static str| {
+        let agents = agents.clone();
+        move |ns: Option<String>, name: String| {
+            agents
+                .state()
+                .into_iter()
+                .filter(|a| a.namespace() == ns && agent_uses(a, kind, &name))
+                .map(|a| ObjectRef::from_obj(a.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let (by_model, by_cascade, by_kb, by_agent) =
+        (users("Model"), users("Cascade"), users("KnowledgeBase"), users("Agent"));
+    let controller = controller
+        .owns(scope.api::<Deployment>(), owned.clone())
+        .owns(scope.api::<ConfigMap>(), owned)
+        .watches(scope.api::<Model>(), watcher::Config::default(), move |m: Model| {
+            by_model(m.namespace(), m.name_any())
+        })
+        .watches(scope.api::<Cascade>(), watcher::Config::default(), move |c: Cascade| {
+            by_cascade(c.namespace(), c.name_any())
+        })
+        .watches(scope.api::<KnowledgeBase>(), watcher::Config::default(), move |k: KnowledgeBase| {
+            by_kb(k.namespace(), k.name_any())
+        })
+        .watches(scope.api::<Agent>(), watcher::Config::default(), move |a: Agent| {
+            by_agent(a.namespace(), a.name_any())
+        })
+        .graceful_shutdown_on(scope.stopped())
+        .run(reconcile, |a, e, ctx| error_policy(a.as_ref(), e, &ctx, NAME), ctx);
+    drain(NAME, controller).await;
+}
+
+/// Whether `agent` uses the `kind` (Model, Cascade, KnowledgeBase or Agent) named `name`.
+/// A KnowledgeBase's embedding Model counts only through the KnowledgeBase, which turns Ready
+/// after its Model does.
+fn agent_uses(agent: &Agent, kind: &str, name: &str) -> bool {
+    let spec = &agent.spec;
+    match kind {
+        "Model" => spec.model.model.as_deref() == Some(name),
+        "Cascade" => spec.model.cascade.as_deref() == Some(name),
+        "KnowledgeBase" => crate::builders::agent_knowledge_bases(agent).iter().any(|kb| kb == name),
+        "Agent" => crate::builders::delegated_agents(agent).iter().any(|a| a == name),
+        _ => false,
+    }
+}
+
 /// Reconciles one Agent.
 pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started(NAME);
@@ -165,12 +223,7 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, E
     apply(&Api::<Service>::namespaced(client.clone(), &ns), &objects.service).await?;
     apply(&Api::<NetworkPolicy>::namespaced(client.clone(), &ns), &objects.network_policy).await?;
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns);
-    match &objects.hpa {
-        Some(hpa) => {
-            apply(&hpas, hpa).await?;
-        }
-        None => delete_if_present(&hpas, &objects.deployment.name_any()).await?,
-    }
+    apply_or_delete(&hpas, &objects.deployment.name_any(), objects.hpa.as_ref()).await?;
     let deployment = apply(&Api::<Deployment>::namespaced(client.clone(), &ns), &objects.deployment).await?;
 
     let status = desired_status(&agent, &resolved, &objects, &deployment, &ctx);

@@ -17,11 +17,39 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::{Context, Error, apply, condition, delete_if_present, publish};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+
+use super::{Context, Error, apply, apply_or_delete, condition, publish};
+use super::{Scope, drain, error_policy};
 use crate::builders::{ResolvedStage, cascade_endpoint, desired_cascade_objects};
 
 /// The controller's name in metrics and logs.
 pub const NAME: &str = "cascade";
+
+/// Runs the Cascade controller until shutdown: a Cascade reconciles when it, an object it owns,
+/// or the readiness or endpoint of a Model it uses changes.
+pub(crate) async fn run(ctx: Arc<Context>, scope: &Scope) {
+    let owned = Scope::owned();
+    let controller = Controller::new(scope.api::<Cascade>(), watcher::Config::default());
+    let cascades = controller.store();
+    let controller = controller
+        .owns(scope.api::<Deployment>(), owned.clone())
+        .owns(scope.api::<ConfigMap>(), owned)
+        .watches(scope.api::<Model>(), watcher::Config::default(), move |model: Model| {
+            let ns = model.namespace();
+            let name = model.name_any();
+            cascades
+                .state()
+                .into_iter()
+                .filter(|c| c.namespace() == ns && c.spec.stages.iter().any(|s| s.model == name))
+                .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(scope.stopped())
+        .run(reconcile, |c, e, ctx| error_policy(c.as_ref(), e, &ctx, NAME), ctx);
+    drain(NAME, controller).await;
+}
 
 /// Reconciles one Cascade.
 pub async fn reconcile(cascade: Arc<Cascade>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -44,12 +72,7 @@ pub async fn reconcile(cascade: Arc<Cascade>, ctx: Arc<Context>) -> Result<Actio
     apply(&Api::<Service>::namespaced(client.clone(), &ns), &objects.service).await?;
     apply(&Api::<NetworkPolicy>::namespaced(client.clone(), &ns), &objects.network_policy).await?;
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns);
-    match &objects.hpa {
-        Some(hpa) => {
-            apply(&hpas, hpa).await?;
-        }
-        None => delete_if_present(&hpas, &objects.deployment.name_any()).await?,
-    }
+    apply_or_delete(&hpas, &objects.deployment.name_any(), objects.hpa.as_ref()).await?;
     let deployment = apply(&Api::<Deployment>::namespaced(client.clone(), &ns), &objects.deployment).await?;
 
     let router_ready = deployment.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) >= 1;

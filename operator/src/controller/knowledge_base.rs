@@ -31,7 +31,11 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+
 use super::{Context, Error, MANAGER, apply, condition, publish};
+use super::{Scope, drain, error_policy};
 use crate::builders::{
     CollectionTarget, INGEST_COMPONENT, KNOWLEDGE_BASE_LABEL, KnowledgeBaseObjects, desired_knowledge_base_objects,
 };
@@ -48,6 +52,40 @@ pub const INDEXED: &str = "Indexed";
 /// Where a Model's status may report its embedding dimension (not yet in the Model CRD:
 /// read when present, so a collection can be created and checked before the first ingestion).
 const EMBEDDING_DIMENSION_POINTER: &str = "/status/embeddingDimension";
+
+/// Runs the KnowledgeBase controller until shutdown: a KnowledgeBase reconciles when it, an
+/// object it owns, one of its ingestion Jobs (the CronJob's too: they carry its label, not its
+/// owner reference) or its embedding Model (whose readiness and dimension gate the collection
+/// and ingestion) changes.
+pub(crate) async fn run(ctx: Arc<Context>, scope: &Scope) {
+    let owned = Scope::owned();
+    let controller = Controller::new(scope.api::<KnowledgeBase>(), watcher::Config::default());
+    let knowledge_bases = controller.store();
+    let controller = controller
+        .owns(scope.api::<ConfigMap>(), owned.clone())
+        .owns(scope.api::<StatefulSet>(), owned.clone())
+        .watches(scope.api::<Job>(), owned, |job: Job| {
+            let name = job.labels().get(crate::builders::KNOWLEDGE_BASE_LABEL).cloned();
+            let ns = job.namespace();
+            name.map(|name| match ns {
+                Some(ns) => ObjectRef::<KnowledgeBase>::new(&name).within(&ns),
+                None => ObjectRef::new(&name),
+            })
+        })
+        .watches(scope.api::<Model>(), watcher::Config::default(), move |model: Model| {
+            let ns = model.namespace();
+            let name = model.name_any();
+            knowledge_bases
+                .state()
+                .into_iter()
+                .filter(|kb| kb.namespace() == ns && kb.spec.embedding.model == name)
+                .map(|kb| ObjectRef::from_obj(kb.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(scope.stopped())
+        .run(reconcile, |kb, e, ctx| error_policy(kb.as_ref(), e, &ctx, NAME), ctx);
+    drain(NAME, controller).await;
+}
 
 /// Reconciles one KnowledgeBase (through its finalizer).
 pub async fn reconcile(knowledge_base: Arc<KnowledgeBase>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -196,6 +196,18 @@ where
     }
 }
 
+/// Applies `object` when the spec wants it, else deletes `name` if it exists: the one way an
+/// optional child (autoscaler, disruption budget, …) follows its resource.
+pub async fn apply_or_delete<K>(api: &Api<K>, name: &str, object: Option<&K>) -> Result<Option<K>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    match object {
+        Some(object) => apply(api, object).await.map(Some),
+        None => delete_if_present(api, name).await.map(|()| None),
+    }
+}
+
 /// Sets a condition in `conditions`.
 pub fn condition(
     conditions: &mut Vec<Condition>,
@@ -230,169 +242,72 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
 }
 
 /// Runs the Model, Cascade, KnowledgeBase and Agent controllers until `shutdown` resolves. `namespace` limits
-/// them to one namespace; `None` watches all.
+/// them to one namespace; `None` watches all. Each kind's watches sit beside its `reconcile`.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    use futures::StreamExt;
-    use hearth_crds::{Agent, Cascade, KnowledgeBase, Model};
-    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-    use k8s_openapi::api::batch::v1::Job;
-    use k8s_openapi::api::core::v1::{ConfigMap, Service};
-    use kube::runtime::reflector::ObjectRef;
-    use kube::runtime::{Controller, watcher};
-
-    let client = ctx.client.clone();
-    fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
-        K::DynamicType: Default,
-    {
-        match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    // Only our own children matter: watch them by the label every owned object carries.
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=hearth-operator");
-
-    let models = Controller::new(scoped::<Model>(&client, &namespace), watcher::Config::default())
-        .owns(scoped::<Deployment>(&client, &namespace), owned.clone())
-        .owns(scoped::<Service>(&client, &namespace), owned.clone())
-        .owns(scoped::<ConfigMap>(&client, &namespace), owned.clone())
-        .owns(scoped::<HorizontalPodAutoscaler>(&client, &namespace), owned.clone())
-        .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(model::reconcile, |m, e, ctx| error_policy(m.as_ref(), e, &ctx, model::NAME), ctx.clone())
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "model controller event");
-            }
-        });
-
-    let cascade_controller = Controller::new(scoped::<Cascade>(&client, &namespace), watcher::Config::default());
-    let cascades = cascade_controller.store();
-    let cascades = cascade_controller
-        .owns(scoped::<Deployment>(&client, &namespace), owned.clone())
-        .owns(scoped::<ConfigMap>(&client, &namespace), owned.clone())
-        // A Model's readiness or endpoint changing re-reconciles the Cascades that use it.
-        .watches(scoped::<Model>(&client, &namespace), watcher::Config::default(), move |model: Model| {
-            let ns = model.namespace();
-            let name = model.name_any();
-            cascades
-                .state()
-                .into_iter()
-                .filter(|c| c.namespace() == ns && c.spec.stages.iter().any(|s| s.model == name))
-                .map(|c| ObjectRef::from_obj(c.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(cascade::reconcile, |c, e, ctx| error_policy(c.as_ref(), e, &ctx, cascade::NAME), ctx.clone())
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "cascade controller event");
-            }
-        });
-
-    let kb_controller = Controller::new(scoped::<KnowledgeBase>(&client, &namespace), watcher::Config::default());
-    let knowledge_bases = kb_controller.store();
-    let knowledge_bases = kb_controller
-        .owns(scoped::<ConfigMap>(&client, &namespace), owned.clone())
-        .owns(scoped::<StatefulSet>(&client, &namespace), owned.clone())
-        // Ingestion Jobs, the CronJob's included (they carry the KnowledgeBase's label, not
-        // its owner reference).
-        .watches(scoped::<Job>(&client, &namespace), owned.clone(), |job: Job| {
-            let name = job.labels().get(crate::builders::KNOWLEDGE_BASE_LABEL).cloned();
-            let ns = job.namespace();
-            name.map(|name| match ns {
-                Some(ns) => ObjectRef::<KnowledgeBase>::new(&name).within(&ns),
-                None => ObjectRef::new(&name),
-            })
-        })
-        // The embedding Model's readiness (and dimension) gates the collection and ingestion.
-        .watches(scoped::<Model>(&client, &namespace), watcher::Config::default(), move |model: Model| {
-            let ns = model.namespace();
-            let name = model.name_any();
-            knowledge_bases
-                .state()
-                .into_iter()
-                .filter(|kb| kb.namespace() == ns && kb.spec.embedding.model == name)
-                .map(|kb| ObjectRef::from_obj(kb.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(
-            knowledge_base::reconcile,
-            |kb, e, ctx| error_policy(kb.as_ref(), e, &ctx, knowledge_base::NAME),
-            ctx.clone(),
-        )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "knowledge base controller event");
-            }
-        });
-
-    let agent_controller = Controller::new(scoped::<Agent>(&client, &namespace), watcher::Config::default());
-    let agents = agent_controller.store();
-    // The Agents that use a Model, Cascade, KnowledgeBase or Agent of this name and namespace.
-    let users = move |kind: &'static str| {
-        let agents = agents.clone();
-        move |ns: Option<String>, name: String| {
-            agents
-                .state()
-                .into_iter()
-                .filter(|a| a.namespace() == ns && agent_uses(a, kind, &name))
-                .map(|a| ObjectRef::from_obj(a.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
-    let (by_model, by_cascade, by_kb, by_agent) =
-        (users("Model"), users("Cascade"), users("KnowledgeBase"), users("Agent"));
-    let agents = agent_controller
-        .owns(scoped::<Deployment>(&client, &namespace), owned.clone())
-        .owns(scoped::<ConfigMap>(&client, &namespace), owned)
-        .watches(scoped::<Model>(&client, &namespace), watcher::Config::default(), move |m: Model| {
-            by_model(m.namespace(), m.name_any())
-        })
-        .watches(scoped::<Cascade>(&client, &namespace), watcher::Config::default(), move |c: Cascade| {
-            by_cascade(c.namespace(), c.name_any())
-        })
-        .watches(scoped::<KnowledgeBase>(&client, &namespace), watcher::Config::default(), move |k: KnowledgeBase| {
-            by_kb(k.namespace(), k.name_any())
-        })
-        .watches(scoped::<Agent>(&client, &namespace), watcher::Config::default(), move |a: Agent| {
-            by_agent(a.namespace(), a.name_any())
-        })
-        .graceful_shutdown_on(stopped(stop_rx))
-        .run(agent::reconcile, |a, e, ctx| error_policy(a.as_ref(), e, &ctx, agent::NAME), ctx.clone())
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "agent controller event");
-            }
-        });
-    futures::join!(models, cascades, knowledge_bases, agents);
+    let scope = Scope { client: ctx.client.clone(), namespace, stop };
+    futures::join!(
+        model::run(ctx.clone(), &scope),
+        cascade::run(ctx.clone(), &scope),
+        knowledge_base::run(ctx.clone(), &scope),
+        agent::run(ctx.clone(), &scope),
+    );
 }
 
-/// Whether `agent` uses the `kind` (Model, Cascade, KnowledgeBase or Agent) named `name`.
-/// A KnowledgeBase's embedding Model counts only through the KnowledgeBase, which turns Ready
-/// after its Model does.
-fn agent_uses(agent: &hearth_crds::Agent, kind: &str, name: &str) -> bool {
-    let spec = &agent.spec;
-    match kind {
-        "Model" => spec.model.model.as_deref() == Some(name),
-        "Cascade" => spec.model.cascade.as_deref() == Some(name),
-        "KnowledgeBase" => crate::builders::agent_knowledge_bases(agent).iter().any(|kb| kb == name),
-        "Agent" => crate::builders::delegated_agents(agent).iter().any(|a| a == name),
-        _ => false,
+/// What every controller starts from: the client, the namespace it watches (or all) and the
+/// shutdown signal.
+pub(crate) struct Scope {
+    client: Client,
+    namespace: Option<String>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Scope {
+    /// The API of a namespaced kind, in the watched namespace (or all).
+    pub(crate) fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        K::DynamicType: Default,
+    {
+        match &self.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
     }
+
+    /// Only the operator's own children matter: watched by the label every owned object carries.
+    pub(crate) fn owned() -> kube::runtime::watcher::Config {
+        kube::runtime::watcher::Config::default().labels("app.kubernetes.io/managed-by=hearth-operator")
+    }
+
+    /// Resolves when the operator shuts down.
+    pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stop = self.stop.clone();
+        async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+/// Drives a controller's stream to its end, logging what it reports at debug level.
+pub(crate) async fn drain<T: Debug, E: std::fmt::Display>(
+    controller: &'static str,
+    stream: impl futures::Stream<Item = Result<T, E>>,
+) {
+    use futures::StreamExt;
+    stream
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(controller, error = %e, "controller event");
+            }
+        })
+        .await;
 }

@@ -16,7 +16,10 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::{Context, Error, MANAGER, apply, condition, delete_if_present, publish};
+use kube::runtime::{Controller, watcher};
+
+use super::{Context, Error, MANAGER, apply, apply_or_delete, condition, publish};
+use super::{Scope, drain, error_policy};
 use crate::builders::{ModelObjects, desired_model_objects, model_endpoint, scaled_object_resource};
 use crate::sizing::memory_quantity;
 
@@ -25,6 +28,20 @@ pub const DOWNLOADED: &str = "Downloaded";
 
 /// The controller's name in metrics and logs.
 pub const NAME: &str = "model";
+
+/// Runs the Model controller until shutdown: a Model reconciles when it or one of the objects
+/// it owns changes.
+pub(crate) async fn run(ctx: Arc<Context>, scope: &Scope) {
+    let owned = Scope::owned();
+    let controller = Controller::new(scope.api::<Model>(), watcher::Config::default())
+        .owns(scope.api::<Deployment>(), owned.clone())
+        .owns(scope.api::<Service>(), owned.clone())
+        .owns(scope.api::<ConfigMap>(), owned.clone())
+        .owns(scope.api::<HorizontalPodAutoscaler>(), owned)
+        .graceful_shutdown_on(scope.stopped())
+        .run(reconcile, |m, e, ctx| error_policy(m.as_ref(), e, &ctx, NAME), ctx);
+    drain(NAME, controller).await;
+}
 
 /// Reconciles one Model.
 pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -74,36 +91,15 @@ async fn apply_objects(ctx: &Context, ns: &str, objects: &ModelObjects) -> Resul
 
     let server_name = format!("{}-server", objects.service.name_any());
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns);
-    match &objects.hpa {
-        Some(hpa) => {
-            apply(&hpas, hpa).await?;
-        }
-        None => delete_if_present(&hpas, &server_name).await?,
-    }
+    apply_or_delete(&hpas, &server_name, objects.hpa.as_ref()).await?;
     let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
-    match &objects.pdb {
-        Some(pdb) => {
-            apply(&pdbs, pdb).await?;
-        }
-        None => delete_if_present(&pdbs, &server_name).await?,
-    }
+    apply_or_delete(&pdbs, &server_name, objects.pdb.as_ref()).await?;
     if ctx.build.keda_available {
         let scaled = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &scaled_object_resource());
-        match &objects.scaled_object {
-            Some(object) => {
-                scaled.patch(&object.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(object)).await?;
-            }
-            None => delete_if_present(&scaled, &server_name).await?,
-        }
+        apply_or_delete(&scaled, &server_name, objects.scaled_object.as_ref()).await?;
     }
     let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
-    match &objects.deployment {
-        Some(deployment) => Ok(Some(apply(&deployments, deployment).await?)),
-        None => {
-            delete_if_present(&deployments, &server_name).await?;
-            Ok(None)
-        }
-    }
+    Ok(apply_or_delete(&deployments, &server_name, objects.deployment.as_ref()).await?)
 }
 
 /// The Deployment's pods.
