@@ -287,6 +287,8 @@ pub struct AgentRuntime {
     /// The answer format again, right before the model answers: small models follow the
     /// instruction nearest the end.
     reminder: String,
+    /// The `response_format` every step is asked with (see [`prompt::step_format`]).
+    step_format: Value,
     memory: Arc<MemoryStore>,
     long_term: Option<Arc<KnowledgeBase>>,
     metrics: AgentMetrics,
@@ -315,6 +317,7 @@ impl AgentRuntime {
             tools.iter().map(|t| ToolCard { name: &t.name, description: &t.description, schema: &t.schema }).collect();
         let system = prompt::system_message(spec.system_prompt.as_deref(), &cards);
         let reminder = prompt::reminder(&cards);
+        let step_format = prompt::step_format(&cards);
         Self {
             name: name.to_owned(),
             spec,
@@ -322,6 +325,7 @@ impl AgentRuntime {
             tools,
             system,
             reminder,
+            step_format,
             memory,
             long_term,
             metrics,
@@ -541,14 +545,15 @@ impl AgentRuntime {
         let tokens_left = u64::from(self.spec.guardrails.max_tokens_per_run) - run.usage.total_tokens;
         let max_tokens = STEP_MAX_TOKENS.min(tokens_left.min(u64::from(u32::MAX)) as u32).max(1);
         let model_started = Instant::now();
-        let completion = match self.llm.complete(&run.messages, max_tokens, left, run.depth).await {
-            Ok(completion) => completion,
-            Err(LlmError::Timeout { .. }) => return Next::Stop(StopReason::TimeBudget),
-            Err(e) => {
-                run.error = Some(e.to_string());
-                return Next::Stop(StopReason::ModelError);
-            }
-        };
+        let completion =
+            match self.llm.complete_as(&run.messages, max_tokens, left, run.depth, Some(&self.step_format)).await {
+                Ok(completion) => completion,
+                Err(LlmError::Timeout { .. }) => return Next::Stop(StopReason::TimeBudget),
+                Err(e) => {
+                    run.error = Some(e.to_string());
+                    return Next::Stop(StopReason::ModelError);
+                }
+            };
         run.usage.prompt_tokens += completion.prompt_tokens;
         run.usage.completion_tokens += completion.completion_tokens;
         run.usage.total_tokens += completion.prompt_tokens + completion.completion_tokens;

@@ -100,12 +100,27 @@ impl ChatClient {
         timeout: Duration,
         depth: u32,
     ) -> Result<Completion, LlmError> {
-        let body = json!({
+        self.complete_as(messages, max_tokens, timeout, depth, None).await
+    }
+
+    /// [`complete`](Self::complete) with an OpenAI `response_format` the answer must follow.
+    pub async fn complete_as(
+        &self,
+        messages: &[Message],
+        max_tokens: u32,
+        timeout: Duration,
+        depth: u32,
+        response_format: Option<&Value>,
+    ) -> Result<Completion, LlmError> {
+        let mut body = json!({
             "model": self.model,
             "messages": messages,
             "max_tokens": max_tokens,
             "temperature": 0.0,
         });
+        if let Some(format) = response_format {
+            body["response_format"] = format.clone();
+        }
         let mut request =
             self.http.post(format!("{}/chat/completions", self.endpoint)).json(&body).header(DEPTH_HEADER, depth);
         if let Some(key) = &self.api_key {

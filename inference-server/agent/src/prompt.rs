@@ -52,6 +52,44 @@ pub fn system_message(system_prompt: Option<&str>, tools: &[ToolCard<'_>]) -> St
     out
 }
 
+/// The `response_format` that holds every step to the answer format: one JSON object that calls
+/// one of `tools` with arguments its schema accepts, or gives the final answer. A Hearth endpoint
+/// decodes within it, so a malformed step cannot happen there; an endpoint that ignores it still
+/// gets the corrective re-prompt. A tool schema with `$ref`s (which point at its own root) is
+/// loosened to any object here and checked after the call as before.
+pub fn step_format(tools: &[ToolCard<'_>]) -> Value {
+    let mut choices: Vec<Value> = tools
+        .iter()
+        .map(|tool| {
+            let arguments = if tool.schema.to_string().contains("\"$ref\"") {
+                serde_json::json!({"type": "object"})
+            } else {
+                tool.schema.clone()
+            };
+            serde_json::json!({
+                "type": "object",
+                "properties": {
+                    "thought": {"type": "string"},
+                    "action": {"const": tool.name},
+                    "arguments": arguments,
+                },
+                "required": ["thought", "action", "arguments"],
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    choices.push(serde_json::json!({
+        "type": "object",
+        "properties": {"thought": {"type": "string"}, "final_answer": {"type": "string"}},
+        "required": ["thought", "final_answer"],
+        "additionalProperties": false,
+    }));
+    serde_json::json!({
+        "type": "json_schema",
+        "json_schema": {"name": "agent_step", "strict": true, "schema": {"anyOf": choices}},
+    })
+}
+
 /// The closing line of the goal message: reply with JSON now, with a concrete example built
 /// from the first tool's schema (its string fields filled with `...`).
 pub fn reminder(tools: &[ToolCard<'_>]) -> String {

@@ -3,6 +3,7 @@
 //! budget); each sequence keeps its own KV cache; finished, cancelled and timed-out
 //! sequences leave the batch at once.
 
+pub mod constraint;
 pub mod registry;
 pub mod sampling;
 mod scheduler;
@@ -66,6 +67,8 @@ pub struct GenerateRequest {
     pub ignore_eos: bool,
     /// When the request gives up.
     pub deadline: Instant,
+    /// The grammar the output must follow (compiled for this model), if any.
+    pub constraint: Option<constraint::Constraint>,
 }
 
 /// Why generation ended.

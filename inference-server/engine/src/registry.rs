@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use candle_core::Device;
 use hearth_crds::model::{DEFAULT_CONTEXT_CAP, Serving};
 
+use crate::constraint::{Constraint, Grammar, GrammarCompiler, GrammarError};
 use crate::{Engine, EngineConfig, EngineError};
 use hearth_model::chat_template::ChatTemplate;
 use hearth_model::embedding::EmbeddingModel;
@@ -73,6 +74,8 @@ pub struct ChatModel {
     pub architecture: String,
     /// Unix seconds when loaded.
     pub created: u64,
+    /// Compiles grammars for this vocabulary; built at the first constrained request.
+    grammars: OnceLock<Result<GrammarCompiler, GrammarError>>,
 }
 
 /// Why a model could not be loaded.
@@ -126,7 +129,22 @@ impl ChatModel {
         let tokenizer = Arc::new(tokenizer);
         let engine = Engine::start(hearth_model::TransformerLm::new(model), tokenizer.clone(), config)
             .map_err(|e| invalid(format!("cannot start the engine thread: {e}")))?;
-        Ok(Self { name: name.to_owned(), engine, tokenizer, template, limits, architecture, created: unix_now() })
+        Ok(Self {
+            name: name.to_owned(),
+            engine,
+            tokenizer,
+            template,
+            limits,
+            architecture,
+            created: unix_now(),
+            grammars: OnceLock::new(),
+        })
+    }
+
+    /// A grammar compiled for this model, ready to constrain one request.
+    pub fn constrain(&self, grammar: &Grammar) -> Result<Constraint, GrammarError> {
+        let compiler = self.grammars.get_or_init(|| GrammarCompiler::new(self.tokenizer.clone()));
+        compiler.as_ref().map_err(Clone::clone)?.compile(grammar)
     }
 
     /// The context length served.

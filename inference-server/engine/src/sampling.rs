@@ -4,6 +4,8 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::constraint::TokenMask;
+
 /// How a request wants its tokens chosen.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
@@ -80,11 +82,24 @@ impl Sampler {
     /// Chooses the next token from `logits` (modified in place). `history` is the prompt
     /// plus the output so far (for the repetition penalty).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> (u32, Option<TokenLogprob>) {
+        self.sample_within(logits, history, None)
+    }
+
+    /// [`sample`](Self::sample), choosing only among the tokens `mask` allows (a grammar's).
+    pub fn sample_within(
+        &mut self,
+        logits: &mut [f32],
+        history: &[u32],
+        mask: Option<&TokenMask>,
+    ) -> (u32, Option<TokenLogprob>) {
         // Log-probabilities describe the model's own distribution, so they are read before
-        // penalties and temperature change the logits.
+        // penalties, the grammar's mask and temperature change the logits.
         let wants_logprobs = self.params.logprobs || self.params.top_logprobs > 0;
         let raw = wants_logprobs.then(|| logits.to_vec());
         self.apply_penalties(logits, history);
+        if let Some(mask) = mask {
+            mask.apply(logits);
+        }
         let token = if self.params.temperature <= 0.0 { argmax(logits) } else { self.sample_random(logits) };
         *self.output_counts.entry(token).or_insert(0) += 1;
         let logprob = raw.map(|raw| token_logprob(&raw, token, self.params.top_logprobs));

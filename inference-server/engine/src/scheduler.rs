@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
+use super::constraint::{Constraint, TokenMask};
 use super::sampling::Sampler;
 use super::stop::{Detokenizer, StopMatcher, StopOutcome};
 use super::{Admission, EngineConfig, EngineError, EngineStats, Event, FinishReason, Finished, GeneratedToken};
@@ -26,6 +27,10 @@ struct Sequence<C> {
     ignore_eos: bool,
     deadline: Instant,
     queue_seconds: f64,
+    /// The grammar the output follows, if any.
+    constraint: Option<Constraint>,
+    /// The grammar's mask for the next token, computed while the model runs.
+    mask: Option<TokenMask>,
 }
 
 impl<C> Sequence<C> {
@@ -139,16 +144,33 @@ impl<M: CausalLm> Worker<M> {
             return;
         }
         let mut cache = self.model.new_cache();
-        let mut logits = Vec::new();
-        for chunk in request.prompt.chunks(self.config.prefill_chunk.max(1)) {
-            match self.model.prefill(chunk, &mut cache) {
-                Ok(l) => logits = l,
-                Err(e) => {
-                    let _ = events.send(Event::Failed(EngineError::Backend(e.to_string())));
-                    return;
+        let mut constraint = request.constraint;
+        // The first mask needs no logits: compute it while the prompt runs.
+        let (prefilled, mask) = std::thread::scope(|scope| {
+            let mask = constraint.as_mut().map(|c| scope.spawn(move || c.mask()));
+            let mut logits = Ok(Vec::new());
+            for chunk in request.prompt.chunks(self.config.prefill_chunk.max(1)) {
+                logits = self.model.prefill(chunk, &mut cache);
+                if logits.is_err() {
+                    break;
                 }
             }
-        }
+            (logits, mask.map(join_mask))
+        });
+        let mut logits = match prefilled {
+            Ok(logits) => logits,
+            Err(e) => {
+                let _ = events.send(Event::Failed(EngineError::Backend(e.to_string())));
+                return;
+            }
+        };
+        let mask = match mask.transpose() {
+            Ok(mask) => mask,
+            Err(e) => {
+                let _ = events.send(Event::Failed(e));
+                return;
+            }
+        };
         let reserved = request.prompt.len() + request.max_tokens;
         let mut sequence = Sequence {
             events,
@@ -163,6 +185,8 @@ impl<M: CausalLm> Worker<M> {
             ignore_eos: request.ignore_eos,
             deadline: request.deadline,
             queue_seconds: enqueued.elapsed().as_secs_f64(),
+            constraint,
+            mask,
         };
         if let Step::Continue = self.accept_logits(&mut sequence, &mut logits) {
             self.reserved_tokens += reserved;
@@ -190,10 +214,35 @@ impl<M: CausalLm> Worker<M> {
             return;
         }
         let inputs: Vec<u32> = self.running.iter().map(|s| *s.tokens.last().unwrap_or(&0)).collect();
-        let result = {
-            let mut caches: Vec<&mut M::Cache> = self.running.iter_mut().map(|s| &mut s.cache).collect();
-            self.model.decode(&inputs, &mut caches)
+        let (result, masks) = {
+            let mut caches = Vec::with_capacity(self.running.len());
+            let mut constraints = Vec::new();
+            for (i, s) in self.running.iter_mut().enumerate() {
+                caches.push(&mut s.cache);
+                if let Some(c) = s.constraint.as_mut() {
+                    constraints.push((i, c));
+                }
+            }
+            let model = &self.model;
+            // Grammar masks depend only on tokens already chosen: compute them while the
+            // forward pass runs (no thread at all when nothing is constrained).
+            std::thread::scope(|scope| {
+                let masks = (!constraints.is_empty()).then(|| {
+                    scope.spawn(move || constraints.into_iter().map(|(i, c)| (i, c.mask())).collect::<Vec<_>>())
+                });
+                let result = model.decode(&inputs, &mut caches);
+                let masks = masks.map_or_else(Vec::new, |h| h.join().unwrap_or_default());
+                (result, masks)
+            })
         };
+        for (i, mask) in masks {
+            match mask {
+                Ok(mask) => self.running[i].mask = Some(mask),
+                Err(e) => {
+                    let _ = self.running[i].events.send(Event::Failed(EngineError::Backend(format!("grammar: {e}"))));
+                }
+            }
+        }
         self.stats.decode_steps.fetch_add(1, Ordering::Relaxed);
         self.stats.decoded_sequences.fetch_add(inputs.len() as u64, Ordering::Relaxed);
         match result {
@@ -201,6 +250,11 @@ impl<M: CausalLm> Worker<M> {
                 let mut finished = Vec::new();
                 let mut sequences = std::mem::take(&mut self.running);
                 for (idx, (sequence, logits)) in sequences.iter_mut().zip(all_logits.iter_mut()).enumerate() {
+                    // A constrained sequence without a mask failed computing it (and was told).
+                    if sequence.constraint.is_some() && sequence.mask.is_none() {
+                        finished.push(idx);
+                        continue;
+                    }
                     if let Step::Finished = self.accept_logits(sequence, logits) {
                         finished.push(idx);
                     }
@@ -223,9 +277,19 @@ impl<M: CausalLm> Worker<M> {
 
     /// Samples the next token from `logits`, sends it, and decides whether the sequence ends.
     fn accept_logits(&self, s: &mut Sequence<M::Cache>, logits: &mut [f32]) -> Step {
-        let (token, logprob) = s.sampler.sample(logits, &s.tokens);
+        let mask = s.mask.take();
+        let (token, logprob) = s.sampler.sample_within(logits, &s.tokens, mask.as_ref());
         let is_stop_id = !s.ignore_eos && self.vocab.stop_ids().contains(&token);
         let mut finish = None;
+        if let Some(constraint) = s.constraint.as_mut() {
+            if let Err(e) = constraint.accept(token) {
+                let _ = s.events.send(Event::Failed(EngineError::Backend(format!("grammar: {e}"))));
+                return Step::Finished;
+            }
+            if !is_stop_id && constraint.is_finished() {
+                finish = Some(FinishReason::Stop);
+            }
+        }
         let text = if is_stop_id {
             finish = Some(FinishReason::Stop);
             String::new()
@@ -240,6 +304,8 @@ impl<M: CausalLm> Worker<M> {
                 }
             }
         };
+        // A finished grammar releases what the detokenizer held back, like a stop token does.
+        let grammar_done = !is_stop_id && finish == Some(FinishReason::Stop) && s.constraint.is_some();
         let generated = s.generated().len() + usize::from(is_stop_id);
         if finish.is_none() && (generated >= s.max_tokens || s.tokens.len() >= self.config.context_length) {
             finish = Some(FinishReason::Length);
@@ -251,7 +317,7 @@ impl<M: CausalLm> Worker<M> {
         match finish {
             None => Step::Continue,
             Some(reason) => {
-                let tail = if reason == FinishReason::Length || is_stop_id {
+                let tail = if reason == FinishReason::Length || is_stop_id || grammar_done {
                     let rest = s.detokenizer.finish(self.vocab.as_ref(), &s.tokens[s.prompt_len..]);
                     match s.stop.push(&rest) {
                         StopOutcome::Emit(text) => text + &s.stop.flush(),
@@ -296,5 +362,14 @@ impl<M: CausalLm> Worker<M> {
             let _ = a.events.send(Event::Failed(error.clone()));
         }
         self.stats.running.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The result of a mask computed on a scoped thread (a panic there fails the sequence).
+fn join_mask(handle: std::thread::ScopedJoinHandle<'_, Result<TokenMask, String>>) -> Result<TokenMask, EngineError> {
+    match handle.join() {
+        Ok(Ok(mask)) => Ok(mask),
+        Ok(Err(e)) => Err(EngineError::Backend(format!("grammar: {e}"))),
+        Err(_) => Err(EngineError::Backend("grammar: the mask computation panicked".into())),
     }
 }

@@ -82,6 +82,7 @@ fn request(prompt: &str, max_tokens: usize) -> GenerateRequest {
         stop: Vec::new(),
         ignore_eos: false,
         deadline: Instant::now() + Duration::from_secs(30),
+        constraint: None,
     }
 }
 

@@ -124,9 +124,56 @@ pub struct SamplingFields {
     pub ignore_eos: bool,
     /// End user id (logged, unused).
     pub user: Option<String>,
+    /// Free text (the default), any JSON object, or JSON valid against a schema; the JSON
+    /// forms are enforced while decoding, so the answer always parses. Kept as JSON here and
+    /// read by [`SamplingFields::response_format`], so that its errors name the field.
+    #[serde(rename = "response_format")]
+    pub response_format_json: Option<serde_json::Value>,
+}
+
+/// `response_format`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResponseFormat {
+    /// Free text.
+    Text,
+    /// One JSON object, any shape.
+    JsonObject,
+    /// One JSON document valid against `json_schema.schema`.
+    JsonSchema {
+        /// The schema and its name.
+        json_schema: JsonSchemaFormat,
+    },
+}
+
+/// `response_format.json_schema`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct JsonSchemaFormat {
+    /// The schema's name (a-z, A-Z, 0-9, `_` and `-`, at most 64 characters).
+    pub name: String,
+    /// What the answer is for.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The JSON schema; any JSON when absent.
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
+    /// OpenAI's strict mode. Hearth always decodes within the schema, strict or not.
+    #[serde(default)]
+    pub strict: Option<bool>,
 }
 
 impl SamplingFields {
+    /// The `response_format` asked for (`None` when absent or null); a malformed one is a 400
+    /// naming `response_format`.
+    pub fn response_format(&self) -> Result<Option<ResponseFormat>, crate::ApiError> {
+        match &self.response_format_json {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(value) => serde_json::from_value(value.clone())
+                .map(Some)
+                .map_err(|e| crate::ApiError::invalid("response_format", format!("response_format: {e}"))),
+        }
+    }
+
     /// Whether a stream should end with a usage chunk.
     pub fn include_usage(&self) -> bool {
         self.stream_options.as_ref().is_some_and(|o| o.include_usage)

@@ -252,6 +252,7 @@ fn bench_request(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
         stop: Vec::new(),
         ignore_eos: true,
         deadline: Instant::now() + std::time::Duration::from_secs(3600),
+        constraint: None,
     }
 }
 

@@ -558,3 +558,57 @@ async fn under_overload_every_request_ends_in_an_answer_or_a_clean_429() {
     let metrics = s.get("/metrics").await.1;
     assert!(metrics.contains("hearth_server_inflight_requests{model=\"smollm2\"} 0"), "nothing left in flight");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_format_json_schema_answers_parse_and_validate() {
+    let s = TestServer::default().await;
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "capital": {"type": "string", "maxLength": 40},
+            "population_millions": {"type": "number"},
+            "continent": {"enum": ["Europe", "Asia", "Africa", "America", "Oceania"]},
+        },
+        "required": ["capital", "continent"],
+        "additionalProperties": false,
+    });
+    let format = json!({"type": "json_schema", "json_schema": {"name": "country", "strict": true, "schema": schema}});
+    for (temperature, question) in [(0.0, "Describe France."), (1.0, "Describe Japan.")] {
+        let body =
+            chat_body(question, json!({"response_format": format, "temperature": temperature, "max_tokens": 120}));
+        let (status, body) = s.post("/v1/chat/completions", body).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
+        let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+        let answer: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{content:?}: {e}"));
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        assert!(validator.is_valid(&answer), "{content} does not satisfy the schema");
+    }
+    // json_object: any object; streaming gives the same kind of document.
+    let body = chat_body(
+        "List two colours.",
+        json!({"response_format": {"type": "json_object"}, "max_tokens": 80, "stream": true}),
+    );
+    let (events, done) = s.stream("/v1/chat/completions", body).await;
+    assert!(done);
+    let text: String = events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+    let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+    assert!(value.is_object(), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_formats_that_cannot_be_enforced_get_a_400_naming_the_field() {
+    let s = TestServer::default().await;
+    let cases = [
+        json!({"type": "xml"}),
+        json!({"type": "json_schema", "json_schema": {"name": "bad name!", "schema": {}}}),
+        json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/nowhere"}}}),
+        json!({"type": "json_schema"}),
+    ];
+    for format in cases {
+        let (status, body) = s.post("/v1/chat/completions", chat_body("Hi", json!({"response_format": format}))).await;
+        assert_openai_error(status, &body, 400, "response_format");
+    }
+    let (status, _) = s.get("/healthz").await;
+    assert_eq!(status, 200);
+}

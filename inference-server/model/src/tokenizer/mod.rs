@@ -234,6 +234,34 @@ impl TextTokenizer {
         }
     }
 
+    /// Every token's bytes as a grammar engine (llguidance's token trie) reads them, index =
+    /// id: a text token's decoded bytes; a control, unknown or unused token as `0xFF` followed by
+    /// its text, so that no grammar can produce it by spelling it out. `None` for a
+    /// `tokenizer.json` tokenizer (chat models are GGUF; constrained decoding needs their bytes).
+    pub fn grammar_token_bytes(&self) -> Option<Vec<Vec<u8>>> {
+        let Backend::Gguf(v) = &self.backend else {
+            return None;
+        };
+        let special = gguf::attr::CONTROL | gguf::attr::UNKNOWN | gguf::attr::UNUSED;
+        let bytes = v
+            .pieces
+            .iter()
+            .zip(&v.attrs)
+            .zip(&v.tokens)
+            .map(|((piece, &attrs), text)| {
+                if attrs & special != 0 {
+                    let mut marked = Vec::with_capacity(text.len() + 1);
+                    marked.push(0xFF);
+                    marked.extend_from_slice(text.as_bytes());
+                    marked
+                } else {
+                    piece.clone()
+                }
+            })
+            .collect();
+        Some(bytes)
+    }
+
     /// The id of the token whose vocabulary entry is exactly `text` (e.g. `"<end_of_turn>"`).
     pub fn token_id(&self, text: &str) -> Option<u32> {
         match &self.backend {

@@ -8,10 +8,11 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::metrics::{Metrics, ModelLabels, TenantModelLabels};
 use super::tenants::Tenant;
+use hearth_engine::constraint::{Constraint, Grammar};
 use hearth_engine::registry::ChatModel;
 use hearth_engine::{EngineError, Event, FinishReason, GenerateRequest, SamplingParams};
 use hearth_openai::ApiError;
-use hearth_openai::wire::SamplingFields;
+use hearth_openai::wire::{ResponseFormat, SamplingFields};
 
 /// top_p when a request does not set it.
 pub const DEFAULT_TOP_P: f32 = 0.95;
@@ -101,6 +102,31 @@ pub fn build_request(
         stop,
         ignore_eos: fields.ignore_eos,
         deadline: Instant::now() + model.limits.timeout,
+        constraint: response_constraint(model, fields.response_format()?.as_ref())?,
+    })
+}
+
+/// The grammar `response_format` asks for, compiled for this model (`None` for free text).
+fn response_constraint(model: &ChatModel, format: Option<&ResponseFormat>) -> Result<Option<Constraint>, ApiError> {
+    let grammar = match format {
+        None | Some(ResponseFormat::Text) => return Ok(None),
+        Some(ResponseFormat::JsonObject) => Grammar::JsonSchema(serde_json::json!({"type": "object"})),
+        Some(ResponseFormat::JsonSchema { json_schema }) => {
+            let name = &json_schema.name;
+            if name.is_empty()
+                || name.len() > 64
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(ApiError::invalid(
+                    "response_format",
+                    format!("response_format.json_schema.name must be 1-64 of a-z, A-Z, 0-9, _ and -, got {name:?}"),
+                ));
+            }
+            Grammar::JsonSchema(json_schema.schema.clone().unwrap_or_else(|| serde_json::json!({})))
+        }
+    };
+    model.constrain(&grammar).map(Some).map_err(|e| {
+        ApiError::invalid("response_format", format!("response_format.json_schema.schema cannot be enforced: {e}"))
     })
 }
 
