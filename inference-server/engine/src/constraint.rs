@@ -134,9 +134,18 @@ impl TokenMask {
         let kept: Vec<(usize, f32)> =
             self.stops.iter().filter_map(|&id| logits.get(id as usize).map(|&logit| (id as usize, logit))).collect();
         let known = self.allowed.len().min(logits.len());
-        for (id, logit) in logits[..known].iter_mut().enumerate() {
-            if !self.allowed.get(id) {
-                *logit = f32::NEG_INFINITY;
+        // A word of the bit set at a time: most words are all-allowed or all-forbidden.
+        for (chunk, &word) in logits[..known].chunks_mut(32).zip(self.allowed.as_slice()) {
+            match word {
+                u32::MAX => {}
+                0 => chunk.fill(f32::NEG_INFINITY),
+                _ => {
+                    for (bit, logit) in chunk.iter_mut().enumerate() {
+                        if word & (1 << bit) == 0 {
+                            *logit = f32::NEG_INFINITY;
+                        }
+                    }
+                }
             }
         }
         // Rows past the tokenizer's vocabulary (padding in the output matrix) are never text.

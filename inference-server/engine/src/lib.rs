@@ -32,6 +32,19 @@ pub struct EngineConfig {
     pub prefill_chunk: usize,
     /// Longest sequence (prompt + output) the model serves.
     pub context_length: usize,
+    /// Compute grammar masks on a thread beside the forward pass instead of before it: a gain
+    /// where the forward pass leaves a core idle (a GPU model, or fewer compute threads than
+    /// cores), a loss where it keeps every core busy (see [`overlap_grammar_on`]).
+    pub overlap_grammar: bool,
+}
+
+/// Whether grammar masks should overlap the forward pass: yes on a GPU (the CPU waits for the
+/// kernels) and when the CPU kernels use fewer threads than there are cores. On a CPU whose
+/// every core runs the forward pass, a mask thread preempts a kernel worker that the others
+/// then wait for: measured on 2 cores with 8 constrained streams, 0.83x of free decode
+/// overlapped against 0.9x or better computed first.
+pub fn overlap_grammar_on(gpu: bool, compute_threads: usize) -> bool {
+    gpu || std::thread::available_parallelism().is_ok_and(|cores| compute_threads < cores.get())
 }
 
 /// Longest prompt piece run in one forward pass unless configured otherwise.
@@ -48,6 +61,7 @@ impl EngineConfig {
             max_batch_tokens: context_length * max_batch_size,
             prefill_chunk: PREFILL_CHUNK,
             context_length,
+            overlap_grammar: false,
         }
     }
 }

@@ -125,6 +125,7 @@ impl ChatModel {
             max_batch_tokens: context * limits.max_batch_size,
             prefill_chunk: crate::PREFILL_CHUNK,
             context_length: context,
+            overlap_grammar: crate::overlap_grammar_on(!device.is_cpu(), candle_core::utils::get_num_threads()),
         };
         let tokenizer = Arc::new(tokenizer);
         let engine = Engine::start(hearth_model::TransformerLm::new(model), tokenizer.clone(), config)

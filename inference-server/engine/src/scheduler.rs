@@ -145,9 +145,12 @@ impl<M: CausalLm> Worker<M> {
         }
         let mut cache = self.model.new_cache();
         let mut constraint = request.constraint;
-        // The first mask needs no logits: compute it while the prompt runs.
+        // The first mask needs no logits: compute it while the prompt runs (when cores are free).
+        let overlap = self.config.overlap_grammar;
         let (prefilled, mask) = std::thread::scope(|scope| {
-            let mask = constraint.as_mut().map(|c| scope.spawn(move || c.mask()));
+            let mask = constraint.as_mut().map(|c| {
+                if overlap { MaskJob::Running(scope.spawn(move || c.mask())) } else { MaskJob::Done(c.mask()) }
+            });
             let mut logits = Ok(Vec::new());
             for chunk in request.prompt.chunks(self.config.prefill_chunk.max(1)) {
                 logits = self.model.prefill(chunk, &mut cache);
@@ -155,7 +158,7 @@ impl<M: CausalLm> Worker<M> {
                     break;
                 }
             }
-            (logits, mask.map(join_mask))
+            (logits, mask.map(MaskJob::finish))
         });
         let mut logits = match prefilled {
             Ok(logits) => logits,
@@ -224,16 +227,20 @@ impl<M: CausalLm> Worker<M> {
                 }
             }
             let model = &self.model;
-            // Grammar masks depend only on tokens already chosen: compute them while the
-            // forward pass runs (no thread at all when nothing is constrained).
-            std::thread::scope(|scope| {
-                let masks = (!constraints.is_empty()).then(|| {
-                    scope.spawn(move || constraints.into_iter().map(|(i, c)| (i, c.mask())).collect::<Vec<_>>())
-                });
-                let result = model.decode(&inputs, &mut caches);
-                let masks = masks.map_or_else(Vec::new, |h| h.join().unwrap_or_default());
-                (result, masks)
-            })
+            let overlap = self.config.overlap_grammar && !constraints.is_empty();
+            let masks_of = move || constraints.into_iter().map(|(i, c)| (i, c.mask())).collect::<Vec<_>>();
+            if overlap {
+                // Grammar masks depend only on tokens already chosen: compute them while the
+                // forward pass runs.
+                std::thread::scope(|scope| {
+                    let masks = scope.spawn(masks_of);
+                    let result = model.decode(&inputs, &mut caches);
+                    (result, masks.join().unwrap_or_default())
+                })
+            } else {
+                let masks = masks_of();
+                (model.decode(&inputs, &mut caches), masks)
+            }
         };
         for (i, mask) in masks {
             match mask {
@@ -365,11 +372,19 @@ impl<M: CausalLm> Worker<M> {
     }
 }
 
-/// The result of a mask computed on a scoped thread (a panic there fails the sequence).
-fn join_mask(handle: std::thread::ScopedJoinHandle<'_, Result<TokenMask, String>>) -> Result<TokenMask, EngineError> {
-    match handle.join() {
-        Ok(Ok(mask)) => Ok(mask),
-        Ok(Err(e)) => Err(EngineError::Backend(format!("grammar: {e}"))),
-        Err(_) => Err(EngineError::Backend("grammar: the mask computation panicked".into())),
+/// A sequence's first mask: computed on a scoped thread beside the prefill, or already done.
+enum MaskJob<'scope> {
+    Running(std::thread::ScopedJoinHandle<'scope, Result<TokenMask, String>>),
+    Done(Result<TokenMask, String>),
+}
+
+impl MaskJob<'_> {
+    /// The mask, or why there is none (a panic on the thread fails the sequence).
+    fn finish(self) -> Result<TokenMask, EngineError> {
+        let result = match self {
+            Self::Running(handle) => handle.join().unwrap_or_else(|_| Err("the mask computation panicked".to_owned())),
+            Self::Done(result) => result,
+        };
+        result.map_err(|e| EngineError::Backend(format!("grammar: {e}")))
     }
 }

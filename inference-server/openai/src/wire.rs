@@ -195,6 +195,48 @@ pub struct ChatCompletionRequest {
     /// Sampling.
     #[serde(flatten)]
     pub sampling: SamplingFields,
+    /// Tool definitions: not implemented yet, refused (see [`ChatCompletionRequest::refuse_unsupported`]).
+    #[serde(default)]
+    pub tools: Option<serde_json::Value>,
+    /// How tools may be called: refused unless `none`.
+    #[serde(default)]
+    pub tool_choice: Option<serde_json::Value>,
+    /// The legacy form of `tools`: refused.
+    #[serde(default)]
+    pub functions: Option<serde_json::Value>,
+    /// The legacy form of `tool_choice`: refused unless `none`.
+    #[serde(default)]
+    pub function_call: Option<serde_json::Value>,
+    /// Per-token logit offsets: not implemented yet, refused when not empty.
+    #[serde(default)]
+    pub logit_bias: Option<serde_json::Value>,
+}
+
+impl ChatCompletionRequest {
+    /// A 400 naming the first field Hearth would otherwise have to drop silently: tool calling
+    /// and `logit_bias` are not implemented yet, and an answer that ignored them would look
+    /// right and be wrong. Empty lists, empty maps, null and `"none"` pass.
+    pub fn refuse_unsupported(&self) -> Result<(), crate::ApiError> {
+        use serde_json::Value;
+        let set = |value: &Option<Value>| match value {
+            None | Some(Value::Null) => false,
+            Some(Value::Array(items)) => !items.is_empty(),
+            Some(Value::Object(map)) => !map.is_empty(),
+            Some(Value::String(text)) => text != "none",
+            Some(_) => true,
+        };
+        let refusals: [(&'static str, &Option<Value>, &str); 5] = [
+            ("tools", &self.tools, "tool calling is not implemented yet; describe the tools in the prompt and use response_format json_schema for the call"),
+            ("tool_choice", &self.tool_choice, "tool calling is not implemented yet"),
+            ("functions", &self.functions, "function calling is not implemented yet"),
+            ("function_call", &self.function_call, "function calling is not implemented yet"),
+            ("logit_bias", &self.logit_bias, "logit_bias is not implemented yet"),
+        ];
+        match refusals.into_iter().find(|(_, value, _)| set(value)) {
+            Some((param, _, why)) => Err(crate::ApiError::invalid(param, format!("{param}: {why}"))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `prompt` of a text completion: text or token ids.

@@ -21,6 +21,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use candle_core::Device;
 use candle_core::quantized::gguf_file;
 use clap::{Parser, ValueEnum};
+use hearth_engine::constraint::{Grammar, GrammarCompiler};
 use hearth_engine::{Engine, EngineConfig, Event, GenerateRequest, SamplingParams};
 use hearth_model::embedding::EmbeddingModel;
 use hearth_model::tokenizer::TextTokenizer;
@@ -56,6 +57,9 @@ enum Phase {
     Ttft,
     /// Single-stream and N-stream decode through the engine.
     Streams,
+    /// The same decode with every stream held to a JSON schema (grammar masks on), reported
+    /// beside the free run.
+    Constrained,
     /// MiniLM embeddings.
     Embed,
 }
@@ -85,6 +89,10 @@ struct Args {
     /// CPU threads for model work [default: every core this process may use].
     #[arg(long)]
     threads: Option<usize>,
+    /// Compute grammar masks beside the forward pass (true) or before it (false) [default: the
+    /// server's rule, `overlap_grammar_on`].
+    #[arg(long)]
+    overlap_grammar: Option<bool>,
     /// Texts per embedding call.
     #[arg(long, default_value_t = 32)]
     embed_batch: usize,
@@ -243,6 +251,17 @@ fn direct_sample(lm: &TransformerLm, prompt: &[u32], new_tokens: usize, chunk: u
     Ok(DirectSample { prefill_seconds, decode_seconds: started.elapsed().as_secs_f64(), greedy_ids })
 }
 
+/// The JSON schema the constrained phase decodes under: one long string field, so that the
+/// document cannot close before every stream has run `max_tokens` (as free streams do).
+fn bench_schema(new_tokens: usize) -> Value {
+    json!({
+        "type": "object",
+        "properties": {"story": {"type": "string", "minLength": new_tokens * 8}},
+        "required": ["story"],
+        "additionalProperties": false,
+    })
+}
+
 /// A greedy request that ignores end-of-sequence tokens, so every stream runs `max_tokens`.
 fn bench_request(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
     GenerateRequest {
@@ -285,11 +304,25 @@ struct StreamsSample {
 }
 
 /// Submits one request per prompt at once and timestamps every token as it arrives.
-fn streams_sample(engine: &Engine, prompts: &[Vec<u32>], new_tokens: usize) -> Result<StreamsSample> {
+fn streams_sample(
+    engine: &Engine,
+    prompts: &[Vec<u32>],
+    new_tokens: usize,
+    grammar: Option<&GrammarCompiler>,
+) -> Result<StreamsSample> {
+    let mut requests = Vec::with_capacity(prompts.len());
+    for prompt in prompts {
+        let mut request = bench_request(prompt.clone(), new_tokens);
+        if let Some(compiler) = grammar {
+            // Compiling is the API's work, before the request reaches the engine: not timed.
+            request.constraint = Some(compiler.compile(&Grammar::JsonSchema(bench_schema(new_tokens)))?);
+        }
+        requests.push(request);
+    }
     let started = Instant::now();
     let mut receivers = Vec::with_capacity(prompts.len());
-    for prompt in prompts {
-        receivers.push(engine.submit(bench_request(prompt.clone(), new_tokens))?);
+    for request in requests {
+        receivers.push(engine.submit(request)?);
     }
     let listeners: Vec<_> = receivers
         .into_iter()
@@ -323,6 +356,55 @@ fn streams_sample(engine: &Engine, prompts: &[Vec<u32>], new_tokens: usize) -> R
         end_to_end: total as f64 / end.duration_since(started).as_secs_f64(),
         all_first_token_seconds: all_first.duration_since(started).as_secs_f64(),
     })
+}
+
+/// Decode under a JSON schema against the same decode free, 1 and `--streams` streams, the two
+/// interleaved repeat by repeat so that drift on a shared machine hits both alike.
+fn constrained_phase(
+    engine: &Engine,
+    vocab: Arc<TextTokenizer>,
+    prompt: &[u32],
+    args: &Args,
+    report: &mut serde_json::Map<String, Value>,
+) -> Result<()> {
+    let started = Instant::now();
+    let compiler = GrammarCompiler::new(vocab.clone())?;
+    report.insert("grammar_compiler_build_seconds".into(), json!(started.elapsed().as_secs_f64()));
+    let started = Instant::now();
+    compiler.compile(&Grammar::JsonSchema(bench_schema(args.new_tokens)))?;
+    report.insert("grammar_compile_seconds".into(), json!(started.elapsed().as_secs_f64()));
+    // One mask at a time along a document, on this thread alone (no forward pass beside it).
+    let mut constraint = compiler.compile(&Grammar::JsonSchema(bench_schema(args.new_tokens)))?;
+    let document = format!("{{\"story\": \"{}", &PROMPT_TEXT[..300]);
+    let (mut mask_seconds, mut accept_seconds) = (Vec::new(), Vec::new());
+    for token in vocab.encode(&document, false)? {
+        let started = Instant::now();
+        constraint.mask().map_err(|e| anyhow!(e))?;
+        mask_seconds.push(started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        constraint.accept(token).map_err(|e| anyhow!(e))?;
+        accept_seconds.push(started.elapsed().as_secs_f64());
+    }
+    report.insert("mask_microseconds_median".into(), json!(median(&mask_seconds) * 1e6));
+    report.insert("accept_microseconds_median".into(), json!(median(&accept_seconds) * 1e6));
+    report.insert("streams".into(), json!(args.streams));
+    let many: Vec<Vec<u32>> =
+        (0..args.streams).map(|s| prompt_ids(vocab.as_ref(), args.prompt_tokens, s * 11)).collect::<Result<_>>()?;
+    for (label, prompts) in [("1", vec![prompt.to_vec()]), ("n", many)] {
+        eprintln!("constrained vs free decode, {} stream(s), {} repeats", prompts.len(), args.repeats);
+        let (mut free, mut held) = (Vec::new(), Vec::new());
+        for _ in 0..args.repeats {
+            free.push(streams_sample(engine, &prompts, args.new_tokens, None)?.aggregate_decode);
+            held.push(streams_sample(engine, &prompts, args.new_tokens, Some(&compiler))?.aggregate_decode);
+        }
+        let (free_median, held_median) = (median(&free), median(&held));
+        report.insert(format!("free_decode_{label}_stream_tokens_per_second"), json!(free_median));
+        report.insert(format!("json_schema_decode_{label}_stream_tokens_per_second"), json!(held_median));
+        report.insert(format!("json_schema_vs_free_{label}_stream"), json!(held_median / free_median));
+        report.insert(format!("json_schema_decode_{label}_stream_samples"), json!(held));
+        report.insert(format!("free_decode_{label}_stream_samples"), json!(free));
+    }
+    Ok(())
 }
 
 /// Runs `f` `repeats` times and returns every sample.
@@ -359,7 +441,8 @@ fn run(args: &Args, threads: usize) -> Result<Value> {
     let mut rss = serde_json::Map::new();
     rss.insert("start".into(), rss_bytes());
     let wants = |p: Phase| args.phases.contains(&p);
-    let generation = wants(Phase::Direct) || wants(Phase::Ttft) || wants(Phase::Streams);
+    let generation =
+        wants(Phase::Direct) || wants(Phase::Ttft) || wants(Phase::Streams) || wants(Phase::Constrained);
 
     if generation {
         let path = args.model.clone().unwrap_or_else(|| models_dir().join("gemma3-270m-q4_k_m.gguf"));
@@ -389,9 +472,14 @@ fn run(args: &Args, threads: usize) -> Result<Value> {
         report.insert("prompt_text_ids".into(), json!(tokenizer.encode(PROMPT_TEXT, false)?));
         report.insert("prompt_ids".into(), json!(prompt));
 
+        let overlap_grammar = args
+            .overlap_grammar
+            .unwrap_or_else(|| hearth_engine::overlap_grammar_on(false, candle_core::utils::get_num_threads()));
+        report.insert("overlap_grammar".into(), json!(overlap_grammar));
         let engine_config = EngineConfig {
             max_batch_size: args.streams.max(16),
             max_batch_tokens: context * args.streams.max(16),
+            overlap_grammar,
             ..EngineConfig::for_context(context)
         };
         let lm = TransformerLm::new(model);
@@ -415,7 +503,7 @@ fn run(args: &Args, threads: usize) -> Result<Value> {
             rss.insert("after_direct".into(), rss_bytes());
         }
 
-        if wants(Phase::Ttft) || wants(Phase::Streams) {
+        if wants(Phase::Ttft) || wants(Phase::Streams) || wants(Phase::Constrained) {
             let vocab = Arc::new(tokenizer);
             let engine = Engine::start(lm, vocab.clone(), engine_config)?;
             if wants(Phase::Ttft) {
@@ -428,12 +516,12 @@ fn run(args: &Args, threads: usize) -> Result<Value> {
             if wants(Phase::Streams) {
                 eprintln!("engine decode: 1 stream, then {} streams, {} repeats", args.streams, args.repeats);
                 let one = [prompt.clone()];
-                let single = repeat(args.repeats, || streams_sample(&engine, &one, args.new_tokens))?;
+                let single = repeat(args.repeats, || streams_sample(&engine, &one, args.new_tokens, None))?;
                 // Each stream starts at its own offset in the text, so no two prompts are equal.
                 let many: Vec<Vec<u32>> = (0..args.streams)
                     .map(|s| prompt_ids(vocab.as_ref(), args.prompt_tokens, s * 11))
                     .collect::<Result<_>>()?;
-                let batched = repeat(args.repeats, || streams_sample(&engine, &many, args.new_tokens))?;
+                let batched = repeat(args.repeats, || streams_sample(&engine, &many, args.new_tokens, None))?;
                 let single_tps: Vec<f64> = single.iter().map(|s| s.aggregate_decode).collect();
                 let agg: Vec<f64> = batched.iter().map(|s| s.aggregate_decode).collect();
                 let e2e: Vec<f64> = batched.iter().map(|s| s.end_to_end).collect();
@@ -450,6 +538,9 @@ fn run(args: &Args, threads: usize) -> Result<Value> {
                 report.insert("streams_end_to_end_tokens_per_second".into(), json!(median(&e2e)));
                 report.insert("streams_all_first_token_seconds".into(), json!(median(&first)));
                 rss.insert("after_streams".into(), rss_bytes());
+            }
+            if wants(Phase::Constrained) {
+                constrained_phase(&engine, vocab.clone(), &prompt, &args, &mut report)?;
             }
             // Dropping the last handle lets the worker thread finish and free the model.
             drop(engine);
@@ -509,6 +600,14 @@ fn render_table(report: &Value) -> String {
         (format!("aggregate decode tokens/s, {streams} streams"), num("aggregate_decode_tokens_per_second"), 2, ""),
         ("  ratio to 1 stream".into(), num("aggregate_speedup_vs_single_stream"), 2, "x"),
         (format!("  all {streams} first tokens after (s)"), num("streams_all_first_token_seconds"), 2, ""),
+        ("grammar mask, one token (µs)".into(), num("mask_microseconds_median"), 0, ""),
+        ("grammar accept, one token (µs)".into(), num("accept_microseconds_median"), 0, ""),
+        ("free decode tokens/s, 1 stream".into(), num("free_decode_1_stream_tokens_per_second"), 2, ""),
+        ("  under a JSON schema".into(), num("json_schema_decode_1_stream_tokens_per_second"), 2, ""),
+        ("  ratio".into(), num("json_schema_vs_free_1_stream"), 3, "x"),
+        (format!("free decode tokens/s, {streams} streams"), num("free_decode_n_stream_tokens_per_second"), 2, ""),
+        ("  under a JSON schema".into(), num("json_schema_decode_n_stream_tokens_per_second"), 2, ""),
+        ("  ratio".into(), num("json_schema_vs_free_n_stream"), 3, "x"),
         (format!("embeddings/s (batch {})", int("embedding_batch")), num("embeddings_per_second"), 1, ""),
         ("peak RSS, generation (MiB)".into(), mib(report.get("generation_peak_rss_bytes")), 0, ""),
         ("peak RSS, end (MiB)".into(), mib(report.pointer("/rss_bytes/end/peak")), 0, ""),

@@ -612,3 +612,24 @@ async fn response_formats_that_cannot_be_enforced_get_a_400_naming_the_field() {
     let (status, _) = s.get("/healthz").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_not_implemented_are_refused_by_name_never_dropped() {
+    let s = TestServer::default().await;
+    let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    for (param, value) in [
+        ("tools", tool.clone()),
+        ("tool_choice", json!("required")),
+        ("functions", json!([{"name": "f"}])),
+        ("function_call", json!({"name": "f"})),
+        ("logit_bias", json!({"42": -100})),
+    ] {
+        let (status, body) = s.post("/v1/chat/completions", chat_body("Hi", json!({param: value}))).await;
+        assert_openai_error(status, &body, 400, param);
+        assert_eq!(body["error"]["param"], param, "{body}");
+    }
+    // Empty and "none" forms ask for nothing and pass.
+    let extra = json!({"tools": [], "tool_choice": "none", "logit_bias": {}, "functions": null});
+    let (status, body) = s.post("/v1/chat/completions", chat_body("Hi", extra)).await;
+    assert_eq!(status, 200, "{body}");
+}

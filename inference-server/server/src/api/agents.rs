@@ -175,6 +175,7 @@ fn hearth_field(run: &Run) -> Value {
 /// agent's own instructions rule).
 pub async fn chat(agent: Arc<AgentRuntime>, headers: HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
     let request: ChatCompletionRequest = parse_body(body)?;
+    request.refuse_unsupported()?;
     let mut messages = Vec::with_capacity(request.messages.len());
     for (i, m) in request.messages.into_iter().enumerate() {
         let text = RequestMessage::text(m.content).map_err(|e| match e {

@@ -130,6 +130,7 @@ async fn chat_completions(
     started: Instant,
     tenant: Option<Arc<Tenant>>,
 ) -> Result<Response, ApiError> {
+    request.refuse_unsupported()?;
     let model = chat_model(&state, &request.model)?;
     let top_logprobs = request.top_logprobs.unwrap_or(0);
     if !(0..=20).contains(&top_logprobs) {
