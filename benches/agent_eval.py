@@ -143,6 +143,8 @@ def main():
                             print(f"    {step['outcome']:18} {step.get('action') or '':16} {json.dumps(step.get('arguments'))[:60]}")
                             if step["outcome"] == "malformed_output":
                                 print(f"      output: {step['output'][:300]!r}")
+                        if run.get("error"):
+                            print(f"    error: {run['error'][:300]}")
                 ran = sum(kinds.values())
                 seconds = (time.time() - started) / ran
                 total = sum(wins.values())

@@ -58,6 +58,10 @@ pub fn system_message(system_prompt: Option<&str>, tools: &[ToolCard<'_>]) -> St
 /// gets the corrective re-prompt. A tool schema with `$ref`s (which point at its own root) is
 /// loosened to any object here and checked after the call as before.
 pub fn step_format(tools: &[ToolCard<'_>]) -> Value {
+    // A bounded thought: a small model can repeat itself inside a string until the step's
+    // token budget cuts the object off; the bound makes the grammar close it.
+    const THOUGHT_CHARS: usize = 400;
+    let thought = serde_json::json!({"type": "string", "maxLength": THOUGHT_CHARS});
     let mut choices: Vec<Value> = tools
         .iter()
         .map(|tool| {
@@ -69,7 +73,7 @@ pub fn step_format(tools: &[ToolCard<'_>]) -> Value {
             serde_json::json!({
                 "type": "object",
                 "properties": {
-                    "thought": {"type": "string"},
+                    "thought": thought,
                     "action": {"const": tool.name},
                     "arguments": arguments,
                 },
@@ -80,7 +84,7 @@ pub fn step_format(tools: &[ToolCard<'_>]) -> Value {
         .collect();
     choices.push(serde_json::json!({
         "type": "object",
-        "properties": {"thought": {"type": "string"}, "final_answer": {"type": "string"}},
+        "properties": {"thought": thought, "final_answer": {"type": "string", "maxLength": 4000}},
         "required": ["thought", "final_answer"],
         "additionalProperties": false,
     }));
@@ -222,6 +226,22 @@ fn first_json_object(text: &str) -> Option<&str> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_step_format_admits_exactly_a_call_of_a_listed_tool_or_a_final_answer() {
+        let add = json!({"type": "object", "properties": {"a": {"type": "number"}}, "required": ["a"]});
+        let cards = [ToolCard { name: "calculator", description: "math", schema: &add }];
+        let format = step_format(&cards);
+        assert_eq!(format["type"], "json_schema");
+        let schema = &format["json_schema"]["schema"];
+        let valid = |value: Value| crate::schema::validate(schema, &value).is_ok();
+        assert!(valid(json!({"thought": "t", "action": "calculator", "arguments": {"a": 1}})));
+        assert!(valid(json!({"thought": "t", "final_answer": "42"})));
+        assert!(!valid(json!({"thought": "t", "action": "search", "arguments": {}})), "an unlisted tool");
+        assert!(!valid(json!({"thought": "t", "action": "calculator", "arguments": {}})), "missing argument");
+        assert!(!valid(json!({"thought": "t", "final_answer": "x", "extra": 1})), "extra field");
+        assert!(!valid(json!({"thought": "t".repeat(401), "final_answer": "x"})), "unbounded thought");
+    }
 
     #[test]
     fn reads_tool_calls_and_answers_around_noise() {

@@ -190,6 +190,10 @@ pub struct EngineStats {
     pub decode_steps: AtomicU64,
     /// Sequences summed over all decode steps (÷ steps = mean batch size).
     pub decoded_sequences: AtomicU64,
+    /// Grammar masks computed during decode steps.
+    pub grammar_masks: AtomicU64,
+    /// Nanoseconds spent computing them (÷ masks = mean mask time in the running server).
+    pub grammar_mask_nanos: AtomicU64,
 }
 
 pub(crate) struct Admission {

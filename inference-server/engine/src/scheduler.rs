@@ -228,7 +228,14 @@ impl<M: CausalLm> Worker<M> {
             }
             let model = &self.model;
             let overlap = self.config.overlap_grammar && !constraints.is_empty();
-            let masks_of = move || constraints.into_iter().map(|(i, c)| (i, c.mask())).collect::<Vec<_>>();
+            let stats = &self.stats;
+            let masks_of = move || {
+                let started = Instant::now();
+                let masks = constraints.into_iter().map(|(i, c)| (i, c.mask())).collect::<Vec<_>>();
+                stats.grammar_masks.fetch_add(masks.len() as u64, Ordering::Relaxed);
+                stats.grammar_mask_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                masks
+            };
             if overlap {
                 // Grammar masks depend only on tokens already chosen: compute them while the
                 // forward pass runs.

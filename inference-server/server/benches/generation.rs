@@ -15,6 +15,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -390,6 +391,8 @@ fn constrained_phase(
     report.insert("streams".into(), json!(args.streams));
     let many: Vec<Vec<u32>> =
         (0..args.streams).map(|s| prompt_ids(vocab.as_ref(), args.prompt_tokens, s * 11)).collect::<Result<_>>()?;
+    let stats = engine.stats();
+    let (masks_before, nanos_before) = (stats.grammar_masks.load(Relaxed), stats.grammar_mask_nanos.load(Relaxed));
     for (label, prompts) in [("1", vec![prompt.to_vec()]), ("n", many)] {
         eprintln!("constrained vs free decode, {} stream(s), {} repeats", prompts.len(), args.repeats);
         let (mut free, mut held) = (Vec::new(), Vec::new());
@@ -404,6 +407,9 @@ fn constrained_phase(
         report.insert(format!("json_schema_decode_{label}_stream_samples"), json!(held));
         report.insert(format!("free_decode_{label}_stream_samples"), json!(free));
     }
+    let masks = stats.grammar_masks.load(Relaxed) - masks_before;
+    let nanos = stats.grammar_mask_nanos.load(Relaxed) - nanos_before;
+    report.insert("engine_mask_microseconds_mean".into(), json!(nanos as f64 / 1e3 / masks.max(1) as f64));
     Ok(())
 }
 
@@ -602,6 +608,7 @@ fn render_table(report: &Value) -> String {
         (format!("  all {streams} first tokens after (s)"), num("streams_all_first_token_seconds"), 2, ""),
         ("grammar mask, one token (µs)".into(), num("mask_microseconds_median"), 0, ""),
         ("grammar accept, one token (µs)".into(), num("accept_microseconds_median"), 0, ""),
+        ("grammar mask inside the engine, mean (µs)".into(), num("engine_mask_microseconds_mean"), 0, ""),
         ("free decode tokens/s, 1 stream".into(), num("free_decode_1_stream_tokens_per_second"), 2, ""),
         ("  under a JSON schema".into(), num("json_schema_decode_1_stream_tokens_per_second"), 2, ""),
         ("  ratio".into(), num("json_schema_vs_free_1_stream"), 3, "x"),
