@@ -235,7 +235,7 @@ fn constrained_and_free_sequences_share_a_batch() {
 #[test]
 fn a_schema_llguidance_cannot_compile_is_refused_with_its_reason() {
     let bad = Grammar::JsonSchema(json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}));
-    let error = compiler().compile(&bad).err().expect("a missing $ref is an error");
+    let error = compiler().compile(&bad).expect_err("a missing $ref is an error");
     let GrammarError::Invalid(message) = error else { panic!("{error:?}") };
     assert!(message.contains("missing"), "{message}");
 }

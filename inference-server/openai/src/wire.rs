@@ -226,7 +226,11 @@ impl ChatCompletionRequest {
             Some(_) => true,
         };
         let refusals: [(&'static str, &Option<Value>, &str); 5] = [
-            ("tools", &self.tools, "tool calling is not implemented yet; describe the tools in the prompt and use response_format json_schema for the call"),
+            (
+                "tools",
+                &self.tools,
+                "tool calling is not implemented yet; describe the tools in the prompt and use response_format json_schema for the call",
+            ),
             ("tool_choice", &self.tool_choice, "tool calling is not implemented yet"),
             ("functions", &self.functions, "function calling is not implemented yet"),
             ("function_call", &self.function_call, "function calling is not implemented yet"),

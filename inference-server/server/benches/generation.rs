@@ -447,8 +447,7 @@ fn run(args: &Args, threads: usize) -> Result<Value> {
     let mut rss = serde_json::Map::new();
     rss.insert("start".into(), rss_bytes());
     let wants = |p: Phase| args.phases.contains(&p);
-    let generation =
-        wants(Phase::Direct) || wants(Phase::Ttft) || wants(Phase::Streams) || wants(Phase::Constrained);
+    let generation = wants(Phase::Direct) || wants(Phase::Ttft) || wants(Phase::Streams) || wants(Phase::Constrained);
 
     if generation {
         let path = args.model.clone().unwrap_or_else(|| models_dir().join("gemma3-270m-q4_k_m.gguf"));
@@ -546,7 +545,7 @@ fn run(args: &Args, threads: usize) -> Result<Value> {
                 rss.insert("after_streams".into(), rss_bytes());
             }
             if wants(Phase::Constrained) {
-                constrained_phase(&engine, vocab.clone(), &prompt, &args, &mut report)?;
+                constrained_phase(&engine, vocab.clone(), &prompt, args, &mut report)?;
             }
             // Dropping the last handle lets the worker thread finish and free the model.
             drop(engine);
