@@ -74,6 +74,9 @@ pub struct ChatModel {
     pub architecture: String,
     /// Unix seconds when loaded.
     pub created: u64,
+    /// A base (pretrained only) model: no chat template, no instruct finetune. Fine for text
+    /// completion; its chat answers continue text instead of following instructions.
+    pub base_model: bool,
     /// Compiles grammars for this vocabulary; built at the first constrained request.
     grammars: OnceLock<Result<GrammarCompiler, GrammarError>>,
 }
@@ -112,6 +115,16 @@ impl ChatModel {
         let content = candle_core::quantized::gguf_file::Content::read(&mut file)
             .map_err(|e| invalid(format!("not a GGUF file: {e}")))?;
         let tokenizer = TextTokenizer::from_gguf(&content).map_err(|e| invalid(e.to_string()))?;
+        let base_model = hearth_model::chat_template::is_base_model(&content);
+        if base_model {
+            tracing::warn!(
+                model = name,
+                path = %shown,
+                "a base model (no chat template, no instruct finetune in its GGUF): it continues text and \
+                 does not follow instructions; serve it for /v1/completions, and use an instruct model for chat, \
+                 Cascade stages and agents"
+            );
+        }
         let template = ChatTemplate::from_gguf(&content).map_err(|e| invalid(e.to_string()))?;
         let model = QuantizedTransformer::from_gguf(content, &mut file, device).map_err(|e| invalid(e.to_string()))?;
         let architecture = model.config().architecture.clone();
@@ -138,6 +151,7 @@ impl ChatModel {
             limits,
             architecture,
             created: unix_now(),
+            base_model,
             grammars: OnceLock::new(),
         })
     }

@@ -423,6 +423,23 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// Whether a GGUF holds a base (pretrained only) model: no chat template and no instruct or
+/// chat finetune named in `general.finetune`. Such a model continues text; it was never taught
+/// to follow a turn format, so chat through a fallback template gives text, not answers.
+pub fn is_base_model(content: &Content) -> bool {
+    if content.metadata.contains_key("tokenizer.chat_template") {
+        return false;
+    }
+    let finetune = match content.metadata.get("general.finetune") {
+        Some(Value::String(name)) => name.to_ascii_lowercase(),
+        _ => return true,
+    };
+    let tuned = ["instruct", "chat", "sft", "dpo", "rlhf"].iter().any(|word| finetune.contains(word))
+        || finetune == "it"
+        || finetune.ends_with("-it");
+    !tuned
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tokenizer::TextTokenizer;
@@ -434,6 +451,15 @@ mod tests {
 
     fn optional(file: &str) -> Option<Content> {
         hearth_testkit::models::optional(file).map(|path| hearth_testkit::models::gguf(&path))
+    }
+
+    #[test]
+    fn base_models_are_told_apart_from_instruct_models() {
+        assert!(is_base_model(&required("gemma3-270m-q4_k_m.gguf")), "gemma3-270m from PyPI is the base model");
+        assert!(!is_base_model(&required("smollm2-135m-instruct-q4_1.gguf")));
+        if let Some(qwen) = optional("qwen2.5-coder-0.5b-instruct.gguf") {
+            assert!(!is_base_model(&qwen));
+        }
     }
 
     fn conversation() -> Vec<ChatMessage> {

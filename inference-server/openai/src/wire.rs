@@ -496,6 +496,25 @@ pub struct ModelCard {
     pub created: u64,
     /// `hearth`.
     pub owned_by: String,
+    /// What Hearth knows of a served model (absent for cascades and agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hearth: Option<ModelDetails>,
+}
+
+/// `hearth` of a `GET /v1/models` entry.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ModelDetails {
+    /// `chat` or `embedding`.
+    pub task: String,
+    /// The GGUF architecture of a chat model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// Longest context served, in tokens (chat models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<usize>,
+    /// A base (pretrained only) model: it continues text; use it for completions, not chat.
+    #[serde(default)]
+    pub base_model: bool,
 }
 
 /// `GET /v1/models` response.

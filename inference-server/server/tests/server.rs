@@ -237,6 +237,12 @@ async fn models_health_readiness_and_metrics() {
     let models: Value = serde_json::from_str(&models).unwrap();
     let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, vec![EMBED, CHAT]);
+    let chat = &models["data"][1]["hearth"];
+    assert_eq!(chat["task"], "chat", "{models}");
+    assert_eq!(chat["architecture"], "llama", "{models}");
+    assert_eq!(chat["base_model"], false, "SmolLM2-135M-Instruct is an instruct model: {models}");
+    assert!(chat["context_length"].as_u64().unwrap() > 0, "{models}");
+    assert_eq!(models["data"][0]["hearth"]["task"], "embedding", "{models}");
     let (status, _) = s.post("/v1/chat/completions", chat_body("Hi", json!({"max_tokens": 4}))).await;
     assert_eq!(status, 200);
     let (_, metrics) = s.get("/metrics").await;

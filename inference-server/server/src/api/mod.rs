@@ -28,7 +28,7 @@ use hearth_cascade::CascadeRouter;
 use hearth_cascade::metrics::CascadeMetrics;
 use hearth_crds::router::RouterReport;
 use hearth_engine::registry::{Registry, ServedModel};
-use hearth_openai::wire::{ModelCard, ModelList};
+use hearth_openai::wire::{ModelCard, ModelDetails, ModelList};
 use hearth_openai::{ApiError, ServedName};
 
 /// Settings of the HTTP layer.
@@ -316,21 +316,44 @@ async fn list_models(
         .all()
         .into_iter()
         .filter(|(id, _)| visible(id))
-        .map(|(id, m)| ModelCard { id, object: "model".into(), created: m.created(), owned_by: "hearth".into() })
+        .map(|(id, m)| ModelCard {
+            id,
+            object: "model".into(),
+            created: m.created(),
+            owned_by: "hearth".into(),
+            hearth: Some(model_details(&m)),
+        })
         .chain(state.cascades.keys().map(|name| ModelCard {
             id: name.clone(),
             object: "model".into(),
             created: 0,
             owned_by: "hearth-cascade".into(),
+            hearth: None,
         }))
         .chain(state.agents.all().iter().map(|agent| ModelCard {
             id: agent.name().to_owned(),
             object: "model".into(),
             created: 0,
             owned_by: "hearth-agent".into(),
+            hearth: None,
         }))
         .collect();
     Json(ModelList { object: "list".into(), data })
+}
+
+/// What `/v1/models` says of a served model besides its name.
+fn model_details(model: &ServedModel) -> ModelDetails {
+    match model {
+        ServedModel::Chat(chat) => ModelDetails {
+            task: "chat".into(),
+            architecture: Some(chat.architecture.clone()),
+            context_length: Some(chat.context_length()),
+            base_model: chat.base_model,
+        },
+        ServedModel::Embedding(_) => {
+            ModelDetails { task: "embedding".into(), architecture: None, context_length: None, base_model: false }
+        }
+    }
 }
 
 /// `GET /cascades`: each cascade's escalation ratio and budget, for the operator's status.
