@@ -62,38 +62,14 @@ pub enum ApiError {
         /// What was asked.
         asked: &'static str,
     },
-    /// The model's queue is full: the server is at capacity.
-    #[error("the server is at capacity: {max_queue} requests are already waiting; retry later")]
-    QueueFull {
-        /// The queue bound.
-        max_queue: usize,
+    /// The model's engine refused or failed the request, in the engine's own words.
+    #[error("{message}")]
+    Engine {
+        /// What kind of refusal or failure (decides the status code).
+        failure: EngineFailure,
+        /// The engine's message.
+        message: String,
     },
-    /// The prompt plus max_tokens exceeds the model's context length.
-    #[error(
-        "this model's context length is {context} tokens, but the prompt has {prompt} tokens and max_tokens is {max_tokens} ({total} in total); shorten the prompt or lower max_tokens"
-    )]
-    ContextExceeded {
-        /// Prompt tokens.
-        prompt: usize,
-        /// Requested output tokens.
-        max_tokens: usize,
-        /// Their sum.
-        total: usize,
-        /// The model's context length.
-        context: usize,
-    },
-    /// The prompt has no tokens.
-    #[error("the prompt is empty")]
-    EmptyPrompt,
-    /// The request's deadline passed.
-    #[error("the request timed out")]
-    Timeout,
-    /// The server is shutting down.
-    #[error("the server is shutting down")]
-    ShuttingDown,
-    /// The model failed while answering.
-    #[error("the model failed: {0}")]
-    ModelFailed(String),
     /// The server is still loading its models.
     #[error("the server is still loading its models; retry shortly")]
     NotReady,
@@ -103,6 +79,23 @@ pub enum ApiError {
     /// Something broke inside the server.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// The kinds of engine refusal and failure the error table tells apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineFailure {
+    /// The model's queue is full (429).
+    QueueFull,
+    /// The prompt plus max_tokens exceeds the context (400 naming `messages`).
+    ContextExceeded,
+    /// The prompt has no tokens (400).
+    EmptyPrompt,
+    /// The request's deadline passed (504).
+    Timeout,
+    /// The server is shutting down (503).
+    ShuttingDown,
+    /// The model failed while answering (500).
+    Failed,
 }
 
 impl ApiError {
@@ -124,15 +117,19 @@ impl ApiError {
             Self::Conflict(_) => (S::CONFLICT, "invalid_request_error", Some("conflict")),
             Self::KnowledgeBaseNotFound(_) => (S::NOT_FOUND, "invalid_request_error", Some("knowledge_base_not_found")),
             Self::WrongTask { .. } => (S::BAD_REQUEST, "invalid_request_error", Some("model_task_mismatch")),
-            Self::QueueFull { .. } => (S::TOO_MANY_REQUESTS, "rate_limit_error", Some("queue_full")),
-            Self::ContextExceeded { .. } => (S::BAD_REQUEST, "invalid_request_error", Some("context_length_exceeded")),
-            Self::EmptyPrompt => (S::BAD_REQUEST, "invalid_request_error", Some("empty_prompt")),
-            Self::Timeout => (S::GATEWAY_TIMEOUT, "timeout_error", Some("timeout")),
+            Self::Engine { failure, .. } => match failure {
+                EngineFailure::QueueFull => (S::TOO_MANY_REQUESTS, "rate_limit_error", Some("queue_full")),
+                EngineFailure::ContextExceeded => {
+                    (S::BAD_REQUEST, "invalid_request_error", Some("context_length_exceeded"))
+                }
+                EngineFailure::EmptyPrompt => (S::BAD_REQUEST, "invalid_request_error", Some("empty_prompt")),
+                EngineFailure::Timeout => (S::GATEWAY_TIMEOUT, "timeout_error", Some("timeout")),
+                EngineFailure::ShuttingDown => (S::SERVICE_UNAVAILABLE, "server_error", Some("unavailable")),
+                EngineFailure::Failed => (S::INTERNAL_SERVER_ERROR, "server_error", Some("internal_error")),
+            },
             Self::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "server_error", Some("no_stage_available")),
-            Self::ShuttingDown | Self::NotReady => (S::SERVICE_UNAVAILABLE, "server_error", Some("unavailable")),
-            Self::ModelFailed(_) | Self::Internal(_) => {
-                (S::INTERNAL_SERVER_ERROR, "server_error", Some("internal_error"))
-            }
+            Self::NotReady => (S::SERVICE_UNAVAILABLE, "server_error", Some("unavailable")),
+            Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, "server_error", Some("internal_error")),
         }
     }
 
@@ -141,7 +138,7 @@ impl ApiError {
         let (_, kind, code) = self.classify();
         let param = match self {
             Self::InvalidRequest { param, .. } => *param,
-            Self::ContextExceeded { .. } => Some("messages"),
+            Self::Engine { failure: EngineFailure::ContextExceeded, .. } => Some("messages"),
             Self::ModelNotFound(_) | Self::WrongTask { .. } => Some("model"),
             _ => None,
         };

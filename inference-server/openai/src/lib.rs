@@ -8,7 +8,7 @@ pub mod wire;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use error::ApiError;
+pub use error::{ApiError, EngineFailure};
 
 /// Seconds since the Unix epoch: the `created` field of OpenAI objects.
 pub fn unix_now() -> u64 {

@@ -359,6 +359,11 @@ fn streams_sample(
     })
 }
 
+/// One prompt per stream, each starting at its own offset in the text, so no two are equal.
+fn stream_prompts(vocab: &TextTokenizer, args: &Args) -> Result<Vec<Vec<u32>>> {
+    (0..args.streams).map(|s| prompt_ids(vocab, args.prompt_tokens, s * 11)).collect()
+}
+
 /// Decode under a JSON schema against the same decode free, 1 and `--streams` streams, the two
 /// interleaved repeat by repeat so that drift on a shared machine hits both alike.
 fn constrained_phase(
@@ -389,8 +394,7 @@ fn constrained_phase(
     report.insert("mask_microseconds_median".into(), json!(median(&mask_seconds) * 1e6));
     report.insert("accept_microseconds_median".into(), json!(median(&accept_seconds) * 1e6));
     report.insert("streams".into(), json!(args.streams));
-    let many: Vec<Vec<u32>> =
-        (0..args.streams).map(|s| prompt_ids(vocab.as_ref(), args.prompt_tokens, s * 11)).collect::<Result<_>>()?;
+    let many = stream_prompts(vocab.as_ref(), args)?;
     let stats = engine.stats();
     let (masks_before, nanos_before) = (stats.grammar_masks.load(Relaxed), stats.grammar_mask_nanos.load(Relaxed));
     for (label, prompts) in [("1", vec![prompt.to_vec()]), ("n", many)] {
@@ -522,10 +526,7 @@ fn run(args: &Args, threads: usize) -> Result<Value> {
                 eprintln!("engine decode: 1 stream, then {} streams, {} repeats", args.streams, args.repeats);
                 let one = [prompt.clone()];
                 let single = repeat(args.repeats, || streams_sample(&engine, &one, args.new_tokens, None))?;
-                // Each stream starts at its own offset in the text, so no two prompts are equal.
-                let many: Vec<Vec<u32>> = (0..args.streams)
-                    .map(|s| prompt_ids(vocab.as_ref(), args.prompt_tokens, s * 11))
-                    .collect::<Result<_>>()?;
+                let many = stream_prompts(vocab.as_ref(), args)?;
                 let batched = repeat(args.repeats, || streams_sample(&engine, &many, args.new_tokens, None))?;
                 let single_tps: Vec<f64> = single.iter().map(|s| s.aggregate_decode).collect();
                 let agg: Vec<f64> = batched.iter().map(|s| s.aggregate_decode).collect();

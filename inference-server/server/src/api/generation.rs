@@ -11,8 +11,8 @@ use super::tenants::Tenant;
 use hearth_engine::constraint::{Constraint, Grammar};
 use hearth_engine::registry::ChatModel;
 use hearth_engine::{EngineError, Event, FinishReason, GenerateRequest, SamplingParams};
-use hearth_openai::ApiError;
 use hearth_openai::wire::{ResponseFormat, SamplingFields};
+use hearth_openai::{ApiError, EngineFailure};
 
 /// top_p when a request does not set it.
 pub const DEFAULT_TOP_P: f32 = 0.95;
@@ -318,20 +318,20 @@ impl Generation {
                 Piece::Failed(e) => return Err(e),
             }
         }
-        Err(ApiError::ShuttingDown)
+        Err(engine_error(EngineError::ShuttingDown))
     }
 }
 
-/// The API's answer to an engine error: the one place the engine's errors meet the error table.
+/// The API's answer to an engine error: the one place the engine's errors meet the error
+/// table (the message stays the engine's).
 pub fn engine_error(error: EngineError) -> ApiError {
-    match error {
-        EngineError::QueueFull { max_queue } => ApiError::QueueFull { max_queue },
-        EngineError::ContextExceeded { prompt, max_tokens, total, context } => {
-            ApiError::ContextExceeded { prompt, max_tokens, total, context }
-        }
-        EngineError::EmptyPrompt => ApiError::EmptyPrompt,
-        EngineError::Timeout => ApiError::Timeout,
-        EngineError::ShuttingDown => ApiError::ShuttingDown,
-        EngineError::Backend(message) => ApiError::ModelFailed(message),
-    }
+    let failure = match &error {
+        EngineError::QueueFull { .. } => EngineFailure::QueueFull,
+        EngineError::ContextExceeded { .. } => EngineFailure::ContextExceeded,
+        EngineError::EmptyPrompt => EngineFailure::EmptyPrompt,
+        EngineError::Timeout => EngineFailure::Timeout,
+        EngineError::ShuttingDown => EngineFailure::ShuttingDown,
+        EngineError::Backend(_) => EngineFailure::Failed,
+    };
+    ApiError::Engine { failure, message: error.to_string() }
 }
