@@ -295,14 +295,13 @@ impl<M: CausalLm> Worker<M> {
         let (token, logprob) = s.sampler.sample_within(logits, &s.tokens, mask.as_ref());
         let is_stop_id = !s.ignore_eos && self.vocab.stop_ids().contains(&token);
         let mut finish = None;
+        let mut grammar_done = false;
         if let Some(constraint) = s.constraint.as_mut() {
             if let Err(e) = constraint.accept(token) {
                 let _ = s.events.send(Event::Failed(EngineError::Backend(format!("grammar: {e}"))));
                 return Step::Finished;
             }
-            if !is_stop_id && constraint.is_finished() {
-                finish = Some(FinishReason::Stop);
-            }
+            grammar_done = !is_stop_id && constraint.is_finished();
         }
         let text = if is_stop_id {
             finish = Some(FinishReason::Stop);
@@ -318,8 +317,12 @@ impl<M: CausalLm> Worker<M> {
                 }
             }
         };
-        // A finished grammar releases what the detokenizer held back, like a stop token does.
-        let grammar_done = !is_stop_id && finish == Some(FinishReason::Stop) && s.constraint.is_some();
+        // A finished grammar ends the output and releases what the detokenizer held back, like a
+        // stop token does; a stop sequence that matched first keeps its own ending (no tail).
+        let grammar_done = grammar_done && finish.is_none();
+        if grammar_done {
+            finish = Some(FinishReason::Stop);
+        }
         let generated = s.generated().len() + usize::from(is_stop_id);
         if finish.is_none() && (generated >= s.max_tokens || s.tokens.len() >= self.config.context_length) {
             finish = Some(FinishReason::Length);

@@ -239,3 +239,19 @@ fn a_schema_llguidance_cannot_compile_is_refused_with_its_reason() {
     let GrammarError::Invalid(message) = error else { panic!("{error:?}") };
     assert!(message.contains("missing"), "{message}");
 }
+
+#[test]
+fn a_stop_sequence_inside_a_constrained_answer_ends_it_without_releasing_text_after_it() {
+    let engine = engine(3);
+    let grammar = Grammar::JsonSchema(json!({
+        "type": "object",
+        "properties": {"city": {"const": "Paris"}, "rank": {"const": 1}},
+        "required": ["city", "rank"],
+        "additionalProperties": false,
+    }));
+    let mut request = request(Some(&grammar), 1, 100);
+    request.stop = vec!["\"Paris\"".into()];
+    let (text, finish) = run(&engine, request);
+    assert_eq!(finish, Ok(FinishReason::Stop));
+    assert_eq!(text, "{\"city\": ", "the stop sequence and everything after it stay out");
+}
